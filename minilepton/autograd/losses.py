@@ -110,3 +110,21 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets, reduction: str = "
         sig = (xp.tanh(z * 0.5) + 1) * 0.5
         return ((sig - y) * (g / scale),)
     return Tensor._make(loss, (logits,), backward)
+
+
+def mse(pred: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Mean squared error  L = (1/N) Σ (p − t)²  over all N elements (``"sum"`` drops 1/N);
+    ∂L/∂p = 2 (p − t) / N, and −that for ``target`` when it is a Tensor that requires grad."""
+    p = pred.data
+    xp = backend.xp_of(p)
+    target = target if isinstance(target, Tensor) else Tensor(xp.asarray(target, dtype=p.dtype))
+    diff = p - target.data
+    if diff.shape != p.shape:
+        raise ValueError(f"mse: target of shape {target.shape} does not match pred {p.shape}")
+    scale = _scale(diff.size, reduction)
+    loss = (diff * diff).sum() / scale
+
+    def backward(g):
+        d = diff * (g * (2.0 / scale))
+        return (d if pred.requires_grad else None, -d if target.requires_grad else None)
+    return Tensor._make(loss, (pred, target), backward)

@@ -1,0 +1,12 @@
+"""Neural-network building blocks: Module/Parameter, layers, losses, model builders.
+
+``ml.nn.mlp([784, 128, 10])`` builds the article's MLP; ``ml.nn.functional`` holds the losses.
+"""
+
+from . import functional
+from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .models import logistic_regression, mlp
+from .module import Module, Parameter, StateDictError
+
+__all__ = ["Module", "Parameter", "StateDictError", "Linear", "ReLU", "Sigmoid", "Tanh",
+           "Sequential", "mlp", "logistic_regression", "functional"]

@@ -1,0 +1,7 @@
+"""Optimizers: ``SGD`` (momentum, weight decay) and ``Adam``, in PyTorch's conventions."""
+
+from .adam import Adam
+from .optimizer import Optimizer, StateDictError
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "StateDictError"]

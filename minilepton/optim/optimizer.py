@@ -1,0 +1,97 @@
+"""The ``Optimizer`` base: a parameter list, per-parameter state, zero_grad/step, state dicts.
+
+An update reads ``p.grad`` and changes ``p.data`` in place (so every reference to the parameter
+array, e.g. a shared-memory bucket or a pipeline stage, sees the new values), under
+``no_grad()``, one vectorised expression per parameter. Hyperparameters are plain attributes
+(``opt.lr = 0.01`` works between steps) read as Python floats at each step: a NumPy float64
+scalar would promote float32 parameters to float64 under NumPy 2's rules, a Python float does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..autograd import Tensor, no_grad
+from ..nn.module import StateDictError  # one error type for model and optimizer state dicts
+
+
+class Optimizer:
+    """Subclasses list their hyperparameter attributes in ``hyperparameters`` and implement
+    ``_update(p, g, state)`` for one parameter ``p`` with gradient ``g`` and its state dict."""
+
+    hyperparameters: tuple = ()
+
+    def __init__(self, params):
+        params = list(params)
+        if not params:
+            raise ValueError("the optimizer got an empty parameter list")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("the optimizer got the same parameter twice")
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor) or not p.requires_grad:
+                raise TypeError(f"parameter {i} is not a Tensor that requires grad")
+        self.params = params
+        self.state = [{} for _ in params]  # per parameter: "step" and moment arrays
+
+    def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to None (the next backward stores, not adds)."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient; parameters without one are skipped."""
+        with no_grad():
+            for p, state in zip(self.params, self.state):
+                if p.grad is not None:
+                    self._update(p, p.grad, state)
+
+    def _update(self, p, g, state: dict) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """``{"type", "hyperparameters", "state": {index: {"step": int, name: NumPy array}}}``;
+        indices follow the order of the parameter list given to the constructor."""
+        state = {}
+        for i, s in enumerate(self.state):
+            if s:
+                state[i] = {k: (v if isinstance(v, int) else backend.to_numpy(v).copy())
+                            for k, v in s.items()}
+        hyper = {name: getattr(self, name) for name in self.hyperparameters}
+        return {"type": type(self).__name__, "hyperparameters": hyper, "state": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore hyperparameters, step counts and moments (copies); checks everything first."""
+        kind = state_dict.get("type")
+        if kind != type(self).__name__:
+            raise StateDictError(f"a {kind} state dict cannot be loaded into {type(self).__name__}")
+        hyper = dict(state_dict.get("hyperparameters", {}))
+        missing = [k for k in self.hyperparameters if k not in hyper]
+        unexpected = [k for k in hyper if k not in self.hyperparameters]
+        if missing or unexpected:
+            raise StateDictError(f"{kind} state dict: missing hyperparameters {missing}, "
+                                 f"unexpected {unexpected}")
+        loaded = [{} for _ in self.params]
+        for key, s in state_dict.get("state", {}).items():
+            i = int(key)
+            if not 0 <= i < len(self.params):
+                raise StateDictError(f"{kind} state dict has state for parameter {i}, but the "
+                                     f"optimizer has {len(self.params)} parameters")
+            p = self.params[i]
+            for name, value in s.items():
+                if name == "step":
+                    loaded[i][name] = int(value)
+                    continue
+                if tuple(np.shape(value)) != p.shape:
+                    raise StateDictError(f"{kind} state dict: state[{i}][{name!r}] has shape "
+                                         f"{tuple(np.shape(value))}, parameter {i} has {p.shape}")
+                loaded[i][name] = backend.xp_of(p.data).array(value, dtype=p.dtype)
+        for name in self.hyperparameters:
+            value = hyper[name]
+            setattr(self, name, tuple(float(v) for v in value) if np.ndim(value) else float(value))
+        self.state = loaded
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={getattr(self, k)}" for k in self.hyperparameters)
+        return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
