@@ -42,6 +42,10 @@ class Strategy:
     """Protocol (and single-process defaults) for a training step. Subclasses override."""
 
     is_main = True  # this rank prints, writes metrics, saves files
+    rank = 0
+    # True when every rank holds the whole state (one process, data parallel): the main rank
+    # writes one checkpoint. False (tensor / pipeline parallel): each rank writes its shard.
+    replicated_state = True
 
     def local_indices(self, global_indices: np.ndarray) -> np.ndarray:
         """The part of a global batch this rank computes (default: all of it)."""

@@ -1,0 +1,178 @@
+"""``minilepton`` / ``python -m minilepton``: train, the worked example, benchmarks.
+
+    minilepton train [--epochs 5 --batch-size 32 --optimizer adam --lr 1e-3 ...]
+    minilepton train --workers 4                    # data parallel over 4 worker processes
+    minilepton example logistic [--json]
+    minilepton bench NAME [options]
+
+Bad input ends the run with one line on stderr, ``minilepton: error: ...``, and exit status 2
+(1 for failures during a run); ``--debug`` shows the traceback instead. Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import (BACKENDS, BALANCES, DATASETS, DEVICES, DTYPES, LINKS, OPTIMIZERS, SCHEDULES,
+                     TrainConfig)
+
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (argparse's complaints, reported as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig.__dataclass_fields__
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="default", choices=DATASETS,
+                   help="default: the embedded Fashion-MNIST subset (offline)")
+    g.add_argument("--data-dir", help="folder of the IDX(.gz) files for fashion-mnist / mnist")
+    g.add_argument("--hidden", type=int, action="append", metavar="N",
+                   help="a hidden layer of N units (repeat for more layers; default: one of 128)")
+    g.add_argument("--dtype", default="float32", choices=DTYPES)
+    g.add_argument("--device", default="cpu", choices=DEVICES)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d["epochs"].default)
+    g.add_argument("--batch-size", type=int, default=d["batch_size"].default,
+                   help="global batch size (split across data-parallel workers)")
+    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate")
+    g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="SGD L2 weight decay")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("outputs")
+    g.add_argument("--metrics-json", metavar="PATH", help="write the metrics dict as JSON")
+    g.add_argument("--save", metavar="PATH", help="write the final parameters as .npz")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint after each epoch")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir")
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    g = p.add_argument_group("parallelism (world size = --workers, or dp × tp × pp)")
+    g.add_argument("--workers", type=int, help="worker processes (data parallel unless "
+                   "--dp/--tp/--pp say otherwise)")
+    g.add_argument("--dp", type=int, default=1, help="data-parallel degree")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    g.add_argument("--pp", type=int, default=1, help="pipeline-parallel stages")
+    g.add_argument("--micro-batches", type=int, default=d["micro_batches"].default,
+                   help="micro-batches per batch in a pipeline")
+    g.add_argument("--schedule", default="gpipe", choices=SCHEDULES, help="pipeline schedule")
+    g.add_argument("--backend", default="shm", choices=BACKENDS, help="communicator backend")
+    g.add_argument("--trace", metavar="PATH", help="write a Chrome-trace timeline of every rank")
+    g.add_argument("--log-dir", metavar="DIR", help="one log file per rank")
+    g.add_argument("--bucket-bytes", type=int, default=d["bucket_bytes"].default,
+                   help="gradient bucket size for the all-reduce, in bytes")
+    g.add_argument("--sync-every", type=int, default=1, metavar="K",
+                   help="average gradients every K steps (local SGD in between)")
+    g.add_argument("--compress", default="none", metavar="none|fp16|topk:FRACTION",
+                   help="gradient compression")
+    g.add_argument("--node-speeds", metavar="1,1,0.5,1",
+                   help="simulated speed factor of each worker")
+    g.add_argument("--balance", default="none", choices=BALANCES, help="load balancing")
+    g.add_argument("--link", default="none", choices=LINKS, help="simulated interconnect")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minilepton`` parser with its ``train``, ``example`` and ``bench`` commands."""
+    parser = _Parser(prog="minilepton", description="Distributed deep-learning training you "
+                     "can read end to end.")
+    parser.add_argument("--version", action="version", version=f"minilepton {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    train = sub.add_parser("train", help="train the MLP (the article's §5 model by default)",
+                           description="Train an MLP on MNIST-format data, in one process or "
+                           "many. Defaults: MLP 784-128-10, Adam lr 1e-3, batch 32, 5 epochs.")
+    _add_train_arguments(train)
+    example = sub.add_parser("example", help="a worked example from the article, corrected")
+    example.add_argument("name", choices=["logistic"], help="logistic: §4, one SGD step")
+    example.add_argument("--json", action="store_true", help="machine-readable values")
+    example.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    bench = sub.add_parser("bench", help="run a benchmark (minilepton bench NAME --help)",
+                           description=_bench_description(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("name", nargs="?", help="the benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="its options")
+    return parser
+
+
+def _bench_description() -> str:
+    from .bench import names
+    listed = ", ".join(names()) or "none installed"
+    return f"Run one benchmark. Available: {listed}."
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A validated TrainConfig from parsed ``train`` arguments (ValueError when inconsistent)."""
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
+    values["hidden"] = tuple(args.hidden) if args.hidden else (128,)
+    values["verbose"] = not args.quiet
+    return TrainConfig(**values)
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """One process here when the world size is 1, else the parallel runner; the metrics."""
+    if cfg.world_size == 1:
+        if cfg.trace:
+            raise ValueError("--trace records the timeline of several workers; add --workers N")
+        from .train import train
+        return train(cfg)
+    from .parallel.runner import run
+    return run(cfg)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        run_train(config_from_args(args))
+        return 0
+    if args.command == "example":
+        from .examples import logistic
+        return logistic.main(as_json=args.json)
+    from . import bench
+    if args.name is None:
+        raise UsageError(f"bench needs a NAME. {_bench_description()}")
+    return bench.main(args.name, args.args, parser_class=_Parser)
+
+
+def _expected_errors() -> tuple:
+    from .backend import DeviceError
+    return (ValueError, DeviceError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minilepton`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
+                             f"(see 'minilepton {args.command} --help')")
+        return _run(args)
+    except UsageError as exc:
+        print(f"minilepton: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("minilepton: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line unless --debug
+        if debug:
+            raise
+        expected = isinstance(exc, _expected_errors())
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not expected:
+            message = f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)"
+        print(f"minilepton: error: {message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
