@@ -19,8 +19,19 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minilepton import data
-from minilepton.data import DataError, DataLoader, IDXError, read_idx, to_float, write_idx
-from minilepton.data import datasets, download, locate, make_embedded, sources
+from minilepton.data import (
+    DataError,
+    DataLoader,
+    IDXError,
+    datasets,
+    download,
+    locate,
+    make_embedded,
+    read_idx,
+    sources,
+    to_float,
+    write_idx,
+)
 from minilepton.data.idx import idx_bytes, parse_idx
 
 DEBIAN_DIR = Path(sources.FASHION_MNIST.system_dirs[0])
@@ -190,7 +201,7 @@ def test_image_label_count_mismatch_rejected(tmp_path):
 
 def test_uncompressed_files_accepted(tmp_path):
     d = write_fake_dataset(tmp_path / "d", marker=3, compress=False)
-    (x_train, y_train), (x_test, y_test) = data.load_mnist(d)
+    (x_train, y_train), (x_test, _) = data.load_mnist(d)
     assert x_train.shape == (20, 28, 28) and x_test.shape == (10, 28, 28)
     assert y_train.dtype == np.uint8 and x_train.dtype == np.uint8
 

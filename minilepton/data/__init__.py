@@ -12,5 +12,5 @@ from .errors import DataError, IDXError
 from .idx import read_idx, write_idx
 from .loader import DataLoader, to_float
 
-__all__ = ["read_idx", "write_idx", "IDXError", "DataError", "load_mnist", "load_fashion_mnist",
-           "load_default", "load_dataset", "DataLoader", "to_float", "DATASETS"]
+__all__ = ["DATASETS", "DataError", "DataLoader", "IDXError", "load_dataset", "load_default",
+           "load_fashion_mnist", "load_mnist", "read_idx", "to_float", "write_idx"]

@@ -29,7 +29,7 @@ class ChecksumError(DataError):
 
 def _open_url(url: str, timeout_s: float):
     """The one place that touches the network (tests replace it)."""
-    return urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 - fixed http(s) mirrors
+    return urllib.request.urlopen(url, timeout=timeout_s)
 
 
 def fetch_file(url: str, dest: Path, md5: str, timeout_s: float = TIMEOUT_S) -> None:
