@@ -1,0 +1,246 @@
+"""Run ``fn(comm, *args)`` on P MPI ranks started by ``mpiexec``, and recognise direct MPI runs.
+
+``launch(fn, P, args, backend="mpi")`` lands in ``launch_mpi``: it pickles ``(fn, args)`` to a
+temporary directory, runs ``mpiexec -n P python -m minilepton.cluster.mpi_worker PAYLOAD DIR``
+and collects each rank's pickled return value (``mpi_worker`` describes the files). The job is
+supervised like the shared-memory one:
+
+- a rank that raises aborts the whole MPI job; ``WorkerError(rank, message)`` names it, with the
+  exception and its traceback;
+- a rank killed by a signal: mpiexec reports the process id, which maps back to its rank;
+- past ``timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
+  still alive is killed by its process id (hydra gives each rank its own session, so killing
+  mpiexec's process group alone would not reach them). The temporary directory always goes.
+
+Direct runs (``mpiexec -n 4 python -m minilepton train ...``): there is no launcher process;
+``in_mpi_job()`` tells the program it is one rank of an MPI job, and ``run_direct(fn, args)`` runs
+``fn(world_from_mpi(), *args)`` in this process, aborting every rank if it raises.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+from ..backend import blas_threads_env, cpu_count
+
+# Environment variables that process managers set in every rank (MPICH/hydra, Intel MPI,
+# Open MPI, PMIx, MVAPICH).
+_MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_STOP_GRACE_S = 3.0
+
+
+def in_mpi_job() -> bool:
+    """True when this process was started by mpiexec/mpirun (reads the environment only)."""
+    return any(name in os.environ for name in _MPI_RANK_VARS + _MPI_SIZE_VARS)
+
+
+def world_from_mpi(algorithm: str = "ordered"):
+    """An ``MPICommunicator`` over COMM_WORLD; sets RANK, WORLD_SIZE and LOCAL_RANK."""
+    from ..comm.mpi import MPICommunicator  # noqa: PLC0415 - imports mpi4py, initialises MPI
+    from .mpi_worker import _local_rank  # noqa: PLC0415
+
+    comm = MPICommunicator(None, algorithm)
+    os.environ.update(RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size),
+                      LOCAL_RANK=str(_local_rank(comm.comm)))
+    return comm
+
+
+def run_direct(fn, args=(), algorithm: str = "ordered"):
+    """``fn(comm, *args)`` on this rank of a direct MPI job; any exception aborts every rank."""
+    comm = world_from_mpi(algorithm)
+    try:
+        return fn(comm, *args)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        _abort(comm, f"exit status {exc.code}", "", int(exc.code) if isinstance(exc.code, int)
+               else 1)
+    except BaseException as exc:  # noqa: BLE001 - the other ranks must not wait for ever
+        _abort(comm, f"{type(exc).__name__}: {exc}", traceback.format_exc(), 1)
+
+
+def _abort(comm, summary: str, trace: str, code: int):
+    sys.stderr.write(f"{trace}[rank {comm.rank}] {summary}; aborting the MPI job\n")
+    sys.stderr.flush()
+    comm.comm.Abort(code)
+
+
+def find_mpiexec() -> str | None:
+    """The ``mpiexec`` next to this Python (where the ``mpich`` wheel puts it), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+def _worker_error(rank, message: str) -> Exception:
+    from . import launcher  # noqa: PLC0415 - the shm launcher owns the error type
+
+    return launcher.WorkerError(rank, message)
+
+
+def _preparation_data(fn) -> dict:
+    """What a spawned child needs to import what the parent could (see multiprocessing.spawn).
+
+    The launcher's ``__main__`` is re-imported in each rank (as the spawn start method does, so
+    it needs an ``if __name__ == "__main__":`` guard) only when ``fn`` is defined there.
+    """
+    from multiprocessing import spawn  # noqa: PLC0415
+
+    prep = spawn.get_preparation_data("minilepton-mpi-worker")
+    if getattr(fn, "__module__", None) != "__main__" or \
+            not os.path.isfile(prep.get("init_main_from_path", "")):
+        prep.pop("init_main_from_path", None)
+    if getattr(fn, "__module__", None) != "__main__":
+        prep.pop("init_main_from_name", None)
+    prep.pop("start_method", None)
+    prep.pop("authkey", None)  # a secret of this process; the ranks never talk to it
+    return prep
+
+
+def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
+               blas_threads: int | None = None, link=None, node_speeds=None,
+               log_dir: str | None = None, env: dict | None = None,
+               algorithm: str = "ordered", **_):
+    """Run ``fn(comm, *args)`` on ``world_size`` MPI ranks; return the values in rank order."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise RuntimeError("backend 'mpi' needs mpiexec (pip install 'minilepton[mpi]')")
+    job_dir = tempfile.mkdtemp(prefix="minilepton-mpi-")
+    try:
+        payload = os.path.join(job_dir, "payload.pkl")
+        with open(payload, "wb") as f:
+            pickle.dump({"job": pickle.dumps((fn, tuple(args))), "prep": _preparation_data(fn),
+                         "log_level": logging.getLogger().getEffectiveLevel(),
+                         "log_dir": log_dir, "comm_options": {"algorithm": algorithm},
+                         "simulation": {"link": link, "node_speeds": node_speeds}}, f)
+        threads = blas_threads or max(1, cpu_count() // world_size)
+        child_env = {**os.environ, **blas_threads_env(threads), **(env or {}),
+                     "WORLD_SIZE": str(world_size)}
+        cmd = [mpiexec, "-n", str(world_size), sys.executable, "-m",
+               "minilepton.cluster.mpi_worker", payload, job_dir]
+        returncode, tail = _run(cmd, child_env, job_dir, timeout_s)
+        return _collect(job_dir, world_size, returncode, tail)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _run(cmd, env, job_dir, timeout_s):
+    """Run mpiexec, echo its output, keep the last lines; stop everything on timeout/Ctrl-C."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    tail = collections.deque(maxlen=40)
+    pumps = [threading.Thread(target=_pump, args=(stream, sink, tail), daemon=True)
+             for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+    for pump in pumps:
+        pump.start()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(proc, job_dir)
+        raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
+                                  f"stopped all ranks") from None
+    except BaseException:  # Ctrl-C: the ranks go with us
+        _stop(proc, job_dir)
+        raise
+    finally:
+        for pump in pumps:
+            pump.join(timeout=_STOP_GRACE_S)
+    return proc.returncode, list(tail)
+
+
+def _pump(stream, sink, tail):
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        tail.append(line)
+        try:
+            sink.write(line)
+            sink.flush()
+        except (ValueError, OSError):  # the sink was closed under us; keep draining
+            pass
+    stream.close()
+
+
+def _stop(proc, job_dir):
+    """SIGINT to mpiexec (hydra passes it to the ranks), then SIGKILL, then kill stragglers."""
+    for sig, wait_s in ((signal.SIGINT, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                pass
+    for rank, pid in _rank_pids(job_dir).items():
+        if _is_our_worker(pid, job_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _rank_pids(job_dir) -> dict:
+    pids = {}
+    for name in os.listdir(job_dir):
+        match = re.fullmatch(r"rank(\d+)\.pid", name)
+        if match:
+            with open(os.path.join(job_dir, name)) as f:
+                pids[int(match.group(1))] = int(f.read())
+    return pids
+
+
+def _is_our_worker(pid: int, job_dir: str) -> bool:
+    """True if ``pid`` is still a worker of this job (guards against a reused process id)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return job_dir.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _collect(job_dir, world_size, returncode, tail):
+    """The ranks' return values, or WorkerError for the first rank that failed."""
+    records = {}
+    for rank in range(world_size):
+        path = os.path.join(job_dir, f"rank{rank}.pkl")
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                records[rank] = pickle.load(f)
+    errors = [(rec[1], rank, rec) for rank, rec in records.items() if rec[0] == "error"]
+    if errors:
+        _, rank, (_, _, summary, trace) = min(errors)
+        raise _worker_error(rank, f"{summary}\n{trace}")
+    if returncode != 0 or len(records) < world_size:
+        raise _worker_error(*_explain_exit(job_dir, returncode, tail))
+    return [records[rank][1] for rank in range(world_size)]
+
+
+def _explain_exit(job_dir, returncode, tail):
+    """(rank or None, message) for a job that ended without a Python exception."""
+    text = "".join(tail)
+    pid = re.search(r"PID (\d+) RUNNING AT", text)
+    exit_string = re.search(r"EXIT STRING: (.+)", text)
+    pids = {pid: rank for rank, pid in _rank_pids(job_dir).items()}
+    rank = pids.get(int(pid.group(1))) if pid else None
+    cause = exit_string.group(1).strip() if exit_string else f"mpiexec exit status {returncode}"
+    if returncode < 0:
+        cause = f"mpiexec killed by {signal.Signals(-returncode).name}"
+    who = f"rank {rank}" if rank is not None else "a rank"
+    return rank, f"{who} ended without a result: {cause}"

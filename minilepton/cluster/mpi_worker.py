@@ -1,0 +1,111 @@
+"""One rank of a job started by ``launch_mpi``: ``python -m minilepton.cluster.mpi_worker PAYLOAD DIR``.
+
+``mpiexec -n P`` starts P copies of this module. Each one
+
+1. joins MPI, sets RANK, WORLD_SIZE and LOCAL_RANK, and writes ``DIR/rank{r}.pid`` (so the
+   launcher can name a rank that dies by its process id, and kill any straggler);
+2. rebuilds the launcher's import state (``sys.path``, working directory, ``__main__``) the way
+   ``multiprocessing``'s spawn start method does, then unpickles ``(fn, args)`` from PAYLOAD;
+3. runs ``fn(comm, *args)`` with an ``MPICommunicator`` over COMM_WORLD and writes
+   ``DIR/rank{r}.pkl``: ``("ok", value)`` or ``("error", time, summary, traceback)``.
+
+On any exception the rank writes its error and calls ``MPI_Abort``, which stops every rank: the
+others may be blocked in a collective that will never complete, and a plain exit would leave
+them waiting in ``MPI_Finalize`` for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+import traceback
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def setup_logging(rank: int, level: int, log_dir: str | None) -> None:
+    """Log records go to stderr (which mpiexec forwards) with a ``[rank k]`` prefix, and
+    optionally to ``log_dir/rank{k}.log``."""
+    fmt = logging.Formatter(f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(log_dir, f"rank{rank}.log")))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _local_rank(world) -> int:
+    """This rank's index among the ranks on the same node."""
+    from mpi4py import MPI  # noqa: PLC0415
+
+    node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
+
+
+def _apply_simulation(comm, rank: int, options: dict):
+    """The simulated cluster's link model and node speed factor, when the job asked for them."""
+    if not options.get("link") and not options.get("node_speeds"):
+        return comm
+    from . import simulate  # noqa: PLC0415 - the simulated cluster, shared with the shm launcher
+
+    return simulate.wrap(comm, link=options.get("link"), node_speeds=options.get("node_speeds"))
+
+
+def run(payload_path: str, result_dir: str) -> None:
+    from mpi4py import MPI  # noqa: PLC0415 - importing initialises MPI
+
+    from ..comm.mpi import MPICommunicator  # noqa: PLC0415
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(_local_rank(world)))
+    write_atomic(os.path.join(result_dir, f"rank{rank}.pid"), str(os.getpid()).encode())
+    result_path = os.path.join(result_dir, f"rank{rank}.pkl")
+    try:
+        with open(payload_path, "rb") as f:
+            payload = pickle.load(f)
+        _prepare(payload["prep"])
+        setup_logging(rank, payload["log_level"], payload["log_dir"])
+        fn, args = pickle.loads(payload["job"])
+        comm = _apply_simulation(MPICommunicator(world, **payload["comm_options"]), rank,
+                                 payload["simulation"])
+        value = fn(comm, *args)
+        write_atomic(result_path, pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL))
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher
+        summary = f"{type(exc).__name__}: {exc}"
+        record = ("error", time.time(), summary, traceback.format_exc())
+        write_atomic(result_path, pickle.dumps(record))
+        sys.stderr.write(f"[rank {rank}] {summary}\n")
+        sys.stderr.flush()
+        world.Abort(1)
+
+
+def _prepare(prep: dict) -> None:
+    """Import state of the launcher (sys.path, cwd, __main__), as the spawn start method does."""
+    from multiprocessing import spawn  # noqa: PLC0415
+
+    spawn.prepare(prep)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m minilepton.cluster.mpi_worker PAYLOAD RESULT_DIR")
+    run(sys.argv[1], sys.argv[2])
