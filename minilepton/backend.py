@@ -4,7 +4,11 @@ Everything else in minilepton works on "arrays" and asks this module which names
 (``numpy`` or ``cupy``) an array belongs to, so the autograd, nn, optim and training code run
 unchanged on a CPU or a GPU. NumPy is always there; CuPy is optional (extra ``[gpu]``) and is
 imported only when a GPU is asked for, never at import time, so a launcher process that never
-touches a GPU never initialises CUDA (workers may then be forked safely).
+touches a GPU never initialises CUDA (workers may then be forked safely). A launcher that must
+know whether its workers will use a GPU asks ``probe_gpu_count`` / ``resolve_device_in_launcher``,
+which look from a child process, so CUDA is still never initialised in the launcher; workers
+that use a GPU are started with ``spawn`` (``start_method_for``), because CUDA does not survive
+``fork``.
 
 Devices: ``"cpu"`` (NumPy), ``"gpu"`` (CuPy; an error if CuPy or a GPU is missing) and
 ``"auto"`` (the GPU when one is usable, else the CPU, saying so once).
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -94,8 +100,12 @@ def namespace(device: str = "cpu"):
 
 def xp_of(array):
     """The array module that owns ``array`` (numpy for NumPy arrays and scalars, else cupy)."""
-    if type(array) is np.ndarray or _cupy is None:
+    if type(array) is np.ndarray:
         return np
+    if _cupy is None:
+        if not type(array).__module__.startswith("cupy"):
+            return np
+        _import_cupy()  # a CuPy array made before minilepton was asked for a GPU
     return _cupy if isinstance(array, _cupy.ndarray) else np
 
 
@@ -105,10 +115,12 @@ def device_of(array) -> str:
 
 
 def to_device(array, device: str):
-    """Copy ``array`` to ``device`` (a no-op when it is already there)."""
+    """Copy ``array`` to ``device`` (``"cpu"`` or ``"gpu"``; a no-op when it is already there)."""
     if device == "gpu":
         cp = _import_cupy()
         return cp.asarray(array)
+    if device != "cpu":
+        raise DeviceError(f"to_device needs 'cpu' or 'gpu' (resolve {device!r} first)")
     return to_numpy(array)
 
 
@@ -122,11 +134,100 @@ def to_numpy(array) -> np.ndarray:
 
 
 def set_gpu_for_local_rank(local_rank: int) -> int:
-    """Select GPU ``local_rank % visible_gpus`` for this process and return its index."""
+    """Select GPU ``local_rank % visible_gpus`` for this process and return its index.
+
+    Several workers may share one GPU (4 workers on 2 GPUs: 0, 1, 0, 1). Call it in the worker,
+    before any array is put on the GPU: arrays live on the device that was current when made.
+    """
+    if int(local_rank) != local_rank or local_rank < 0:
+        raise ValueError(f"local_rank must be a non-negative integer, not {local_rank!r}")
     cp = _import_cupy()
-    index = local_rank % cp.cuda.runtime.getDeviceCount()
+    index = int(local_rank) % cp.cuda.runtime.getDeviceCount()
     cp.cuda.Device(index).use()
     return index
+
+
+def gpu_initialised() -> bool:
+    """True once this process has imported CuPy through this module (CUDA may be live)."""
+    return _cupy is not None
+
+
+def synchronize() -> None:
+    """Wait for every queued GPU kernel of this process (no-op without a GPU); call it before
+    reading a clock, since GPU work is asynchronous."""
+    if _cupy is not None:
+        _cupy.cuda.get_current_stream().synchronize()
+
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` in place, repeated indices adding up (``np.add.at``).
+
+    CuPy spells it ``cupyx.scatter_add`` (older CuPy has no ``ufunc.at``)."""
+    if xp_of(target) is np:
+        np.add.at(target, index, values)
+        return
+    import cupyx  # noqa: PLC0415 - present whenever cupy is
+    cupyx.scatter_add(target, index, values)
+
+
+def check_same_device(*arrays, what: str = "an operation") -> str:
+    """The device all ``arrays`` live on; DeviceError when CPU and GPU arrays are mixed."""
+    devices = {device_of(a) for a in arrays}
+    if len(devices) > 1:
+        raise DeviceError(f"{what} mixes CPU and GPU arrays; move both to one device first "
+                          "(Module.to(device), ml.backend.to_device(array, device))")
+    return devices.pop() if devices else "cpu"
+
+
+_PROBE = ("import cupy; n = cupy.cuda.runtime.getDeviceCount(); "
+          "print(n, cupy.__version__, cupy.cuda.runtime.runtimeGetVersion())")
+
+
+def probe_gpu_count(timeout_s: float = 120.0) -> tuple[int, str]:
+    """``(number of visible GPUs, reason)`` found by a child Python, so CUDA stays out of here.
+
+    ``reason`` says what was found (or why none): use it in messages. Never raises.
+    """
+    if _cupy is not None:  # this process already uses CUDA: asking again costs nothing
+        return _cupy.cuda.runtime.getDeviceCount(), "CuPy already initialised in this process"
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, f"the GPU probe failed: {exc}"
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or "no output").splitlines()
+        if "No module named 'cupy'" in done.stderr:
+            return 0, "CuPy is not installed (pip install 'minilepton[gpu]')"
+        return 0, f"CuPy cannot use a GPU: {lines[-1]}"
+    n, version, runtime = done.stdout.split()
+    return int(n), f"{n} GPU(s) visible to CuPy {version} (CUDA runtime {runtime})"
+
+
+def resolve_device_in_launcher(device: str = "cpu") -> str:
+    """``resolve_device`` for a process that starts workers: the same answer, without CUDA.
+
+    ``gpu`` with no usable GPU raises DeviceError; ``auto`` falls back to the CPU, saying so.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    n, reason = probe_gpu_count()
+    if n > 0:
+        return "gpu"
+    if device == "gpu":
+        raise DeviceError(f"--device gpu: no usable GPU ({reason})")
+    log.warning("--device auto: no usable GPU (%s); using the CPU", reason)
+    return "cpu"
+
+
+def start_method_for(device: str) -> str:
+    """The multiprocessing start method for workers on a resolved ``device``: ``spawn`` for
+    ``gpu`` (a forked child cannot use its parent's CUDA context), else ``fork``."""
+    if device not in ("cpu", "gpu"):
+        raise DeviceError(f"start_method_for needs 'cpu' or 'gpu' (resolve {device!r} first)")
+    return "spawn" if device == "gpu" else "fork"
 
 
 def blas_threads_env(threads: int) -> dict[str, str]:
