@@ -31,7 +31,7 @@ TYPE_CODES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
 _CODE_OF = {dt.newbyteorder("="): code for code, dt in TYPE_CODES.items()}
 
 
-def _file_bytes(path) -> bytes:
+def file_bytes(path) -> bytes:
     """The IDX bytes of ``path``: the file itself, or its gzip content when it starts with 1f 8b."""
     try:
         with open(path, "rb") as fh:
@@ -75,7 +75,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 def read_idx(path) -> np.ndarray:
     """Read an IDX file (raw or gzip) into a native-endian NumPy array; ``IDXError`` if malformed."""
-    return parse_idx(_file_bytes(path), name=os.fspath(path))
+    return parse_idx(file_bytes(path), name=os.fspath(path))
 
 
 def idx_bytes(array) -> bytes:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import EMBEDDED_PATH, NUM_CLASSES, check_split
-from .idx import _file_bytes, parse_idx
+from .idx import file_bytes, parse_idx
 from .sources import SPLIT_STEMS, find_file
 
 SEED = 20170828  # the date Fashion-MNIST was published
@@ -67,7 +67,7 @@ def make(src_dir, out: Path = EMBEDDED_PATH, seed: int = SEED) -> dict:
             path = find_file(src_dir, stem)
             if path is None:
                 raise SystemExit(f"{src_dir}: no {stem}.gz (nor {stem})")
-            raw = _file_bytes(path)
+            raw = file_bytes(path)
             sha256[stem] = hashlib.sha256(raw).hexdigest()
             data[stem] = parse_idx(raw, str(path))
         x, y = data[img_stem], data[lbl_stem]
