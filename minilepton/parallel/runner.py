@@ -1,0 +1,126 @@
+"""The multi-worker entry point behind ``minilepton train --workers P`` (and ``--dp/--tp/--pp``).
+
+``run(cfg)`` checks the layout, starts ``cfg.world_size`` workers (or, inside an ``mpiexec`` job,
+becomes one of them), and each worker builds the same seeded model, wraps it in a strategy
+(data parallel when tp = pp = 1, else the model-parallel strategy of the mesh) and calls the
+shared ``train.fit``. Rank 0 prints the single-process epoch lines plus the bytes it sent per
+step; its metrics dict comes back, with ``bytes_per_step`` and ``comm_seconds_fraction`` added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+from ..config import TrainConfig
+
+
+
+def normalise(cfg: TrainConfig) -> TrainConfig:
+    """``--workers P`` alone means ``--dp P`` (data parallel across all the workers)."""
+    if cfg.workers is not None and cfg.dp * cfg.tp * cfg.pp == 1 and cfg.workers > 1:
+        return dataclasses.replace(cfg, dp=cfg.workers)
+    return cfg
+
+
+def check(cfg: TrainConfig, sizes) -> None:
+    """One-line ValueError for a layout that cannot run (before any worker starts)."""
+    try:
+        from .mesh import check_layout  # noqa: PLC0415 - the mesh checks hybrid layouts
+    except ImportError:
+        check_layout = None
+    if check_layout is not None:
+        check_layout(cfg, sizes)
+    elif cfg.tp * cfg.pp != 1 or cfg.dp != cfg.world_size:
+        raise ValueError(f"data parallelism needs --dp {cfg.world_size} (= --workers), "
+                         f"not --dp {cfg.dp} --tp {cfg.tp} --pp {cfg.pp}")
+    if cfg.tp * cfg.pp == 1 and cfg.device == "gpu":
+        raise ValueError("data parallelism over shared memory runs on the CPU; use --device cpu")
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _comm_report(strategy, comm, n_steps: int, train_seconds: float) -> dict:
+    if hasattr(strategy, "comm_report"):
+        return strategy.comm_report()
+    return {"bytes_per_step": comm.stats.bytes_sent / max(n_steps, 1),
+            "comm_seconds_fraction": sum(comm.stats.seconds.values()) / max(train_seconds, 1e-12)}
+
+
+def build_strategy(comm, cfg: TrainConfig, sizes):
+    """Data parallel when tp = pp = 1 (every rank builds the same seeded model), else the
+    model-parallel strategy for the dp × tp × pp mesh."""
+    from ..train import build_model, build_optimizer  # noqa: PLC0415
+    if cfg.tp == 1 and cfg.pp == 1:
+        from .data_parallel import DataParallelStrategy  # noqa: PLC0415
+        model = build_model(cfg, n_features=sizes[0], n_classes=sizes[-1])
+        optimizer = build_optimizer(cfg, model.parameters())
+        return DataParallelStrategy(comm, model, optimizer, bucket_bytes=cfg.bucket_bytes,
+                                    compress=cfg.compress, sync_every=cfg.sync_every,
+                                    node_speeds=cfg.node_speeds, balance=cfg.balance)
+    from .model_parallel_strategy import build_strategy as build_model_parallel  # noqa: PLC0415
+    return build_model_parallel(comm, cfg, sizes)
+
+
+def worker(comm, cfg: TrainConfig, arrays=None):
+    """One rank's whole run; rank 0 returns the metrics dict, the others None."""
+    from ..train import N_CLASSES, fit, load_arrays  # noqa: PLC0415
+    x_train, y_train, x_test, y_test = arrays if arrays is not None else load_arrays(cfg)
+    sizes = [x_train.shape[1], *cfg.hidden, N_CLASSES]
+    strategy = build_strategy(comm, cfg, sizes)
+    n_steps = cfg.epochs * math.ceil(len(y_train) / cfg.batch_size)
+
+    def log(line: str) -> None:
+        if strategy.is_main and cfg.verbose:
+            report = _comm_report(strategy, comm, n_steps, 1.0)
+            print(f"{line} - {format_bytes(report['bytes_per_step'])}/step sent", flush=True)
+
+    metrics = fit(strategy, x_train, y_train, x_test, y_test, cfg, log=log)
+    train_seconds = sum(row["seconds"] for row in metrics["epochs"])
+    metrics.update(_comm_report(strategy, comm, n_steps, train_seconds))
+    metrics["backend"] = comm.backend_name
+    if not strategy.is_main:
+        return None
+    if cfg.metrics_json:  # fit wrote it before the communication figures were known
+        tmp = f"{cfg.metrics_json}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, cfg.metrics_json)
+    return metrics
+
+
+def _direct_worker(comm, cfg: TrainConfig, arrays=None):
+    if comm.world_size != cfg.world_size:
+        raise ValueError(f"mpiexec started {comm.world_size} ranks but the run asks for "
+                         f"{cfg.world_size} workers")
+    return worker(comm, cfg, arrays)
+
+
+def run(cfg: TrainConfig, arrays=None, timeout_s: float | None = None) -> dict:
+    """Train ``cfg`` on ``cfg.world_size`` workers; rank 0's metrics dict.
+
+    ``arrays`` = (x_train, y_train, x_test, y_test) skips loading the dataset in each worker.
+    """
+    cfg = normalise(cfg)
+    from ..train import N_CLASSES, N_FEATURES  # noqa: PLC0415
+    n_features = arrays[0].shape[1] if arrays is not None else N_FEATURES
+    check(cfg, [n_features, *cfg.hidden, N_CLASSES])
+    from ..cluster import mpi_launch  # noqa: PLC0415
+    if mpi_launch.in_mpi_job():  # `mpiexec -n P minilepton train ...`: this process is a rank
+        metrics = mpi_launch.run_direct(_direct_worker, (cfg, arrays))
+        return metrics if metrics is not None else {}
+    from ..cluster import launch  # noqa: PLC0415
+    kwargs = {"log_dir": cfg.log_dir} if cfg.log_dir else {}
+    if cfg.link != "none":  # the launcher's simulated interconnect; node speeds are simulated
+        kwargs["link"] = cfg.link  # by the strategy itself, so that balancing can measure them
+    if timeout_s is not None:
+        kwargs["timeout_s"] = timeout_s
+    results = launch(worker, cfg.world_size, args=(cfg, arrays), backend=cfg.backend, **kwargs)
+    return results[0]
