@@ -39,7 +39,8 @@ def _other(a: Tensor, b):
                 "move both to one device first")
         return b
     if isinstance(b, numbers.Number) or (isinstance(b, np.ndarray) and b.ndim == 0):
-        return float(b) if not isinstance(b, (int, float)) else b
+        # np.float64 subclasses float, so test the exact type: NumPy scalars become floats
+        return b if type(b) in (int, float) else float(b)
     return Tensor(b, dtype=a.dtype)
 
 
@@ -146,8 +147,14 @@ def matmul(a: Tensor, b) -> Tensor:
         xp = backend.xp_of(g)
         A2 = A[None, :] if A.ndim == 1 else A
         B2 = B[:, None] if B.ndim == 1 else B
-        g2 = xp.expand_dims(g, -2) if A.ndim == 1 else g
-        g2 = xp.expand_dims(g2, -1) if B.ndim == 1 else g2
+        if A.ndim == 1 and B.ndim == 1:  # a dot product: g is 0-d
+            g2 = g.reshape(1, 1)
+        elif A.ndim == 1:  # (n,) @ (..., n, m): g is (..., m)
+            g2 = xp.expand_dims(g, -2)
+        elif B.ndim == 1:  # (..., k, n) @ (n,): g is (..., k)
+            g2 = xp.expand_dims(g, -1)
+        else:
+            g2 = g
         ga = gb = None
         if a.requires_grad:
             ga = unbroadcast(g2 @ xp.swapaxes(B2, -1, -2), A2.shape).reshape(A.shape)

@@ -50,7 +50,7 @@ def max(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
     def backward(g):
         mask = A == top
-        return (mask * (_keep(g, A.shape, axes) / mask.sum(axis=axes, keepdims=True)),)
+        return (mask * (_keep(g, A.shape, axes) / mask.sum(axis=axes, keepdims=True, dtype=A.dtype)),)
     out = top if keepdims else top.reshape(tuple(n for i, n in enumerate(A.shape) if i not in axes))
     return Tensor._make(out, (a,), backward)
 

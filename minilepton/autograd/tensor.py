@@ -21,9 +21,12 @@ from .grad_mode import is_grad_enabled
 
 
 def _as_array(data, dtype=None):
-    """Backend array for ``data``; Python numbers and lists become the default float dtype."""
+    """Backend array for ``data``: floating arrays (and NumPy floating scalars) keep their dtype;
+    Python numbers, lists and integer arrays become the default float dtype."""
     if isinstance(data, Tensor):
         data = data.data
+    if isinstance(data, np.generic):  # a NumPy scalar is a 0-d array: it keeps its dtype
+        data = np.asarray(data)
     if type(data) is np.ndarray or backend.device_of(data) == "gpu":
         if dtype is not None and data.dtype != dtype:
             return data.astype(dtype)
@@ -189,15 +192,23 @@ def _accumulate_leaf(leaf: Tensor, g, seen_memory: set) -> None:
         g = g.astype(leaf.data.dtype)
     if leaf.grad is None:
         root = _root_id(g)
-        if root in seen_memory or not g.flags.writeable:
+        if root in seen_memory or not _writable(g):
             g = g.copy()
             root = id(g)
         seen_memory.add(root)
         leaf.grad = g
-    elif leaf.grad.flags.writeable and leaf.grad.shape == g.shape:
+    elif leaf.grad.shape == g.shape and _writable(leaf.grad):
         leaf.grad += g  # in place: a grad that is a view of a bucket fills the bucket
     else:
         leaf.grad = leaf.grad + g
+
+
+def _writable(array) -> bool:
+    """May ``array`` be added into in place? Not a read-only view (NumPy's broadcast_to) and
+    no stride-0 axis (a broadcast view, which CuPy does not mark read-only)."""
+    if not getattr(array.flags, "writeable", True):
+        return False
+    return all(stride or n <= 1 for stride, n in zip(array.strides, array.shape))
 
 
 def as_tensor(x) -> Tensor:
