@@ -1,0 +1,319 @@
+"""The MPI backend under mpiexec: bitwise collectives, counters, failures, and direct runs.
+
+Every rank builds every rank's input from the same seed, so the parent can compute the reference
+in the fixed order (rank order 0..P−1; the ring's cyclic order for algorithm="ring") and compare
+each rank's result bit for bit. Jobs batch many cases to keep the number of mpiexec starts low.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (pip install '.[mpi]')")
+
+from minilepton.cluster.mpi_launch import find_mpiexec, in_mpi_job  # noqa: E402
+from minilepton.comm.mpi import block_bounds, ring_order  # noqa: E402
+
+MPIEXEC = find_mpiexec()
+pytestmark = [pytest.mark.mpi,
+              pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")]
+
+OPS = {"sum": np.add, "mean": np.add, "max": np.maximum}
+
+
+def _launch(*args, **kwargs):
+    from minilepton.cluster import launch  # noqa: PLC0415
+
+    return launch(*args, backend="mpi", **kwargs)
+
+
+def _worker_error():
+    from minilepton.cluster import WorkerError  # noqa: PLC0415
+
+    return WorkerError
+
+
+def data(seed, rank, shape, dtype):
+    """Rank ``rank``'s input: values spread over six decades, so that order changes the bits."""
+    rng = np.random.default_rng([seed, rank])
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)
+    return x.astype(dtype)
+
+
+def fold(rows, ufunc):
+    out = rows[0].copy()
+    for row in rows[1:]:
+        ufunc(out, row, out=out)
+    return out
+
+
+def reference(case, P):
+    """What every rank must hold after ``allreduce(x, op, algorithm)``."""
+    shape, dtype, seed, op, algorithm = case
+    xs = [data(seed, k, shape, dtype).reshape(-1) for k in range(P)]
+    if algorithm == "ring":
+        b = block_bounds(xs[0].size, P)
+        parts = [fold([xs[k][b[i]:b[i + 1]] for k in ring_order(i, P)], OPS[op]) for i in range(P)]
+        out = np.concatenate(parts) if parts else xs[0]
+    else:
+        out = fold(xs, OPS[op])
+    if op == "mean":
+        np.divide(out, P, out=out)
+    return out.reshape(shape)
+
+
+# ---- jobs that run on the ranks (module level, so that the ranks can import them)
+def allreduce_job(comm, cases):
+    out = []
+    for shape, dtype, seed, op, algorithm in cases:
+        x = data(seed, comm.rank, shape, dtype)
+        got = comm.allreduce(x, op, algorithm=algorithm)
+        assert got is x
+        out.append(x)
+    return out
+
+
+def collectives_job(comm, seed):
+    P, r = comm.world_size, comm.rank
+    mine = data(seed, r, (2 * P, 3), np.float32)
+    rs = {op: comm.reduce_scatter(mine, op) for op in ("sum", "mean", "max")}
+    gathered = comm.allgather(np.full((2, 2), r, np.int64))
+    b = data(seed, r, (5,), np.float64)
+    comm.broadcast(b, root=P - 1)
+    passed = np.zeros(4, np.float32)
+    if P > 1:  # pass a message around the ring, each rank adding its rank
+        if r == 0:
+            comm.send(np.arange(4, dtype=np.float32), 1)
+            comm.recv(passed, P - 1)
+        else:
+            comm.recv(passed, r - 1)
+            comm.send(passed + r, (r + 1) % P)
+    sub = comm.split(r % 2, key=-r)
+    v = np.array([10.0 ** r])
+    sub.allreduce(v)
+    split = (sub.rank, sub.world_size, float(v[0]))
+    sub.close()
+    comm.stats.reset()
+    n = 12 * P  # divisible by P: the textbook byte counts hold exactly
+    counts = {}
+    for algorithm in ("ring", "ordered", "native"):
+        comm.stats.reset()
+        comm.allreduce(np.ones(n * 1024, np.float32), algorithm=algorithm)
+        counts[algorithm] = (comm.stats.bytes_sent, comm.stats.messages_sent)
+    comm.barrier()
+    return rs, gathered, b, passed, split, counts
+
+
+def check_allreduce(results, cases, P):
+    for i, case in enumerate(cases):
+        ref = reference(case, P)
+        for rank, per_case in enumerate(results):
+            got = per_case[i]
+            assert got.dtype == ref.dtype and got.shape == ref.shape
+            if case[4] == "native" and case[3] != "max":  # MPI's own order: same on all ranks
+                np.testing.assert_allclose(got, ref, rtol=1e-5 if ref.dtype == np.float32 else 1e-12,
+                                           atol=1e-3)
+                assert got.tobytes() == results[0][i].tobytes(), f"rank {rank} differs, {case}"
+            else:
+                assert got.tobytes() == ref.tobytes(), f"rank {rank}, case {case}"
+
+
+CASES = [((n,), dt, seed, op, alg)
+         for n, dt, seed in ((1, np.float32, 1), (7, np.float64, 2), (1000, np.float32, 3),
+                             (50_003, np.float32, 4), (3, np.float64, 5))
+         for op in ("sum", "mean", "max") for alg in ("ordered", "ring", "native")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("P", [2, 4])
+def test_allreduce_equals_rank_ordered_reference_bitwise(P):
+    results = _launch(allreduce_job, P, args=(CASES,))
+    check_allreduce(results, CASES, P)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("P", [2, 4])
+def test_other_collectives_and_counters(P):
+    seed = 11
+    results = _launch(collectives_job, P, args=(seed,))
+    inputs = [data(seed, k, (2 * P, 3), np.float32) for k in range(P)]
+    for r, (rs, gathered, b, passed, split, counts) in enumerate(results):
+        for op in ("sum", "mean", "max"):
+            ref = fold([x[2 * r:2 * r + 2] for x in inputs], OPS[op])
+            if op == "mean":
+                np.divide(ref, P, out=ref)
+            assert rs[op].tobytes() == ref.tobytes(), (r, op)
+        assert np.array_equal(gathered, np.repeat(np.arange(P), 4).reshape(2 * P, 2))
+        assert b.tobytes() == data(seed, P - 1, (5,), np.float64).tobytes()
+        assert np.array_equal(passed, np.arange(4) + sum(range(P if r == 0 else r)))
+        members = [k for k in range(P) if k % 2 == r % 2]
+        assert split == (sorted(members, reverse=True).index(r), len(members),
+                         sum(10.0 ** k for k in members))
+        nbytes = 12 * P * 1024 * 4
+        assert counts["ring"] == (2 * (P - 1) * nbytes // P, 2 * (P - 1))
+        assert counts["ordered"] == counts["ring"]
+
+
+@pytest.mark.timeout(90)
+@settings(max_examples=4, deadline=None)
+@given(P=st.integers(1, 4), n=st.integers(0, 20_000), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16), op=st.sampled_from(["sum", "mean", "max"]),
+       rows=st.sampled_from([1, 2, 3]))
+def test_hypothesis_random_world_sizes_and_shapes(P, n, dtype, seed, op, rows):
+    shape = (rows, n // rows)
+    cases = [(shape, dtype, seed, op, alg) for alg in ("ordered", "ring")]
+    check_allreduce(_launch(allreduce_job, P, args=(cases,)), cases, P)
+
+
+# ---- failures: nothing hangs, nothing is left behind
+def raising_job(comm, pid_dir):
+    _note_pid(pid_dir, comm.rank)
+    if comm.rank == 1:
+        raise ValueError("rank one cannot go on")
+    comm.barrier()  # the others wait here until the abort reaches them
+
+
+def killed_job(comm, pid_dir):
+    _note_pid(pid_dir, comm.rank)
+    if comm.rank == comm.world_size - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.barrier()
+
+
+def stalling_job(comm, pid_dir):
+    _note_pid(pid_dir, comm.rank)
+    if comm.rank == 0:
+        time.sleep(60)
+    comm.barrier()
+
+
+def _note_pid(pid_dir, rank):
+    with open(os.path.join(pid_dir, f"{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _job_dirs() -> set:
+    tmp = tempfile.gettempdir()
+    return {name for name in os.listdir(tmp) if name.startswith("minilepton-mpi-")}
+
+
+def _assert_all_gone(pid_dir, P, before_dirs):
+    pids = [int(open(os.path.join(pid_dir, name)).read()) for name in os.listdir(pid_dir)]
+    assert len(pids) == P
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)], "a rank survived the failed job"
+    assert _job_dirs() <= before_dirs, "the job's temporary directory was left behind"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("job, rank, words, kwargs", [
+    (raising_job, 1, ["ValueError: rank one cannot go on", "Traceback", "raising_job"], {}),
+    (killed_job, 2, ["rank 2", "signal 9"], {}),
+    (stalling_job, None, ["within 3 s"], {"timeout_s": 3}),
+], ids=["raise", "sigkill", "stall"])
+def test_failing_rank_aborts_the_job_and_names_it(tmp_path, job, rank, words, kwargs):
+    before = _job_dirs()
+    t0 = time.monotonic()
+    with pytest.raises(_worker_error()) as info:
+        _launch(job, 3, args=(str(tmp_path),), **kwargs)
+    assert time.monotonic() - t0 < 15
+    assert info.value.rank == rank
+    for word in words:
+        assert word in str(info.value)
+    _assert_all_gone(tmp_path, 3, before)
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_on_the_launcher_stops_every_rank(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import test_mpi
+        from minilepton.cluster.mpi_launch import launch_mpi
+        try:
+            launch_mpi(test_mpi.stalling_job, 2, ({str(tmp_path)!r},))
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    before = _job_dirs()
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 20
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 130
+    _assert_all_gone(tmp_path, 2, before)
+
+
+# ---- direct runs: mpiexec -n P python ... with no launcher process
+DIRECT = """
+import numpy as np, sys
+from minilepton.cluster.mpi_launch import in_mpi_job, run_direct
+def job(comm, fail):
+    x = np.full(3, comm.rank + 1.0)
+    comm.allreduce(x)
+    if fail and comm.rank == 1:
+        raise RuntimeError("direct rank failed")
+    comm.barrier()
+    print(f"rank {comm.rank}/{comm.world_size} in_mpi_job={in_mpi_job()} sum={x[0]:g}", flush=True)
+run_direct(job, (sys.argv[1] == "fail",))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_direct_mpiexec_run():
+    out = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DIRECT, "ok"],
+                         capture_output=True, text=True, timeout=25)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.split("\n"))[1:] == ["rank 0/2 in_mpi_job=True sum=3",
+                                                  "rank 1/2 in_mpi_job=True sum=3"]
+
+
+@pytest.mark.timeout(30)
+def test_direct_run_failure_aborts_every_rank():
+    t0 = time.monotonic()
+    out = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DIRECT, "fail"],
+                         capture_output=True, text=True, timeout=25)
+    assert out.returncode != 0
+    assert time.monotonic() - t0 < 20
+    assert "[rank 1] RuntimeError: direct rank failed" in out.stderr
+    assert "in_mpi_job" not in out.stdout  # rank 0 never got past its barrier
+
+
+def test_in_mpi_job_reads_the_process_manager_environment(monkeypatch):
+    for name in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                 "PMIX_RANK", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not in_mpi_job()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert in_mpi_job()
+
+
+@pytest.mark.timeout(30)
+def test_bad_arguments_fail_with_one_clear_line():
+    from minilepton.cluster.mpi_launch import launch_mpi  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="world_size must be a positive int"):
+        launch_mpi(allreduce_job, 0)
+    with pytest.raises(_worker_error(), match="unknown MPI all-reduce algorithm 'tree'"):
+        _launch(allreduce_job, 2, args=([((4,), np.float32, 0, "sum", "tree")],))
