@@ -64,10 +64,12 @@ def fetch(source: Source, dest_dir, timeout_s: float = TIMEOUT_S) -> Path:
     except OSError as exc:
         raise DataError(f"cannot create the cache folder {dest_dir}: {exc.strerror or exc}") \
             from None
-    for name, md5 in source.md5.items():
-        dest = dest_dir / name
-        if dest.is_file():
-            continue
+    wanted = [name for name in source.md5 if not (dest_dir / name).is_file()]
+    if wanted:
+        log.warning("%s not found locally; downloading %d file(s) into %s",
+                    source.title, len(wanted), dest_dir)
+    for name in wanted:
+        dest, md5 = dest_dir / name, source.md5[name]
         failures = []
         for mirror in source.mirrors:
             url = mirror + name
