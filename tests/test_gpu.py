@@ -30,7 +30,7 @@ def cp():
         backend.resolve_device("gpu")
     except backend.DeviceError as exc:
         if os.environ.get("MINILEPTON_REQUIRE_GPU") == "1":
-            pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}")
+            pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}", pytrace=False)
         pytest.skip(str(exc))
     return backend.namespace("gpu")
 
