@@ -69,6 +69,8 @@ class Communicator:
 
     backend_name = "base"
 
+    link = None  # a ``minilepton.cluster.simulate.LinkModel`` to delay operations, or None
+
     def __init__(self, rank: int, world_size: int):
         self.rank = int(rank)
         self.world_size = int(world_size)
@@ -76,8 +78,11 @@ class Communicator:
         self.hooks: list = []
 
     # ---- helpers shared by the backends
-    def _timed(self, op: str, nbytes: int, messages: int):
-        return _Timed(self, op, nbytes, messages)
+    def _timed(self, op: str, nbytes: int, messages: int, critical=None):
+        """Time one operation. With a simulated ``link``, the operation lasts at least as long
+        as the link would take for ``critical = (messages, nbytes)`` on its slowest rank
+        (default: this rank's own ``(messages, nbytes)``)."""
+        return _Timed(self, op, nbytes, messages, critical)
 
     @staticmethod
     def check_op(op: str) -> str:
@@ -138,10 +143,11 @@ class Communicator:
 class _Timed:
     """Context manager that times one operation, updates the counters and fires the hooks."""
 
-    __slots__ = ("comm", "op", "nbytes", "messages", "t0")
+    __slots__ = ("comm", "op", "nbytes", "messages", "critical", "t0")
 
-    def __init__(self, comm, op, nbytes, messages):
+    def __init__(self, comm, op, nbytes, messages, critical=None):
         self.comm, self.op, self.nbytes, self.messages = comm, op, nbytes, messages
+        self.critical = critical
 
     def __enter__(self):
         self.t0 = time.perf_counter()
@@ -151,6 +157,13 @@ class _Timed:
 
     def __exit__(self, exc_type, exc, tb):
         t1 = time.perf_counter()
+        link = self.comm.link
+        if link is not None and exc_type is None:
+            messages, nbytes = self.critical or (self.messages, self.nbytes)
+            extra_s = link.seconds(messages, nbytes) - (t1 - self.t0)
+            if extra_s > 0:
+                time.sleep(extra_s)
+                t1 = time.perf_counter()
         self.comm.stats.record(self.op, self.nbytes, self.messages, t1 - self.t0)
         for hook in self.comm.hooks:
             hook("end", self.op, self.comm.rank, t1, self.nbytes)

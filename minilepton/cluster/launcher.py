@@ -1,0 +1,209 @@
+"""``launch(fn, world_size, ...)``: worker processes as the nodes of a cluster, supervised.
+
+The launcher creates the job's shared-memory arena, starts ``world_size`` workers, and then
+only watches: each worker's pipe (its one result or error message) and its process sentinel
+(it exited). Nothing hangs and nothing leaks:
+
+- a worker raises: its error arrives through the pipe; the others are stopped and
+  ``WorkerError`` names the rank, the exception and the worker's traceback;
+- a worker dies by a signal (or exits) without a message: the same, naming the signal;
+- a worker stalls while alive: its peers' next collective gives up after ``timeout_s`` with a
+  ``CommError`` naming the ranks that did not arrive, which the launcher reports as above;
+- Ctrl-C on the launcher: the workers are stopped and ``KeyboardInterrupt`` propagates (the
+  CLI turns it into exit code 130).
+
+In every case the workers are terminated (then killed) and joined, and the arena is unlinked,
+before ``launch`` returns or raises. Workers also die if the launcher itself is killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import wait as wait_ready
+
+from ..comm.arena import Arena
+from ..comm.shm import ShmConfig
+from . import blas, logs, simulate
+from .worker import WorkerSpec, worker_main
+
+STOP_GRACE_S = 2.0
+BACKENDS = ("shm", "mpi")
+
+
+class WorkerError(RuntimeError):
+    """A worker failed. ``rank`` (None when no single rank is to blame) and the message, which
+    carries the exception (or signal) and the worker's traceback."""
+
+    def __init__(self, rank, message: str):
+        self.rank = rank
+        self.message = message
+        who = "a worker" if rank is None else f"worker rank {rank}"
+        super().__init__(f"{who} failed: {message}")
+
+
+def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_method=None,
+           blas_threads=None, link=None, node_speeds=None, log_dir=None, env=None,
+           arena_bytes=None, config: ShmConfig | None = None):
+    """Run ``fn(comm, *args)`` in ``world_size`` worker processes; their results in rank order.
+
+    ``timeout_s``: how long a collective waits for a stalled peer (default 60 s, or
+    ``MINILEPTON_COMM_TIMEOUT_S``). ``start_method``: ``"fork"`` (Linux default) or
+    ``"spawn"`` (needed for CUDA; ``fn`` must then be importable). ``blas_threads``: BLAS
+    threads per worker (default: cores // world_size, at least 1). ``link``: a simulated
+    interconnect (``simulate.PROFILES`` name or ``LinkModel``); ``node_speeds``: one speed
+    factor per rank. ``log_dir``: one log file per rank. ``env``: extra environment variables
+    for the workers. ``arena_bytes``: the shared-memory arena's (virtual) size.
+    """
+    if backend == "mpi":
+        from .mpi_launch import launch_mpi  # noqa: PLC0415 - needs mpi4py
+
+        return launch_mpi(fn, world_size, args, timeout_s=timeout_s, start_method=start_method,
+                          blas_threads=blas_threads, link=link, node_speeds=node_speeds,
+                          log_dir=log_dir, env=env)
+    if backend != "shm":
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    config = config or ShmConfig()
+    if timeout_s is not None:
+        config.timeout_s = float(timeout_s)
+    spec_link = simulate.link_model(link)
+    speeds = simulate.check_node_speeds(node_speeds, world_size)
+    threads = blas.share(world_size, blas_threads)
+    ctx = mp.get_context(start_method)
+    arena = Arena.create(arena_bytes)
+    job = _Job(world_size, arena, ctx)
+    try:
+        offset = arena.alloc(config.block_bytes(world_size), "the job's control block")
+        spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
+                          log_dir, spec_link, speeds, dict(env or {}))
+        job.start(fn, tuple(args), spec)
+        results = job.supervise()
+        job.finished = True
+        return results
+    finally:
+        job.stop()
+
+
+class _Job:
+    """The processes, pipes and arena of one launch, and how to stop them."""
+
+    def __init__(self, world_size, arena, ctx):
+        self.world_size, self.arena, self.ctx = world_size, arena, ctx
+        self.procs, self.conns = [], []
+        self.finished = False  # every worker reported success: let them exit on their own
+        self.relay = logs.LogRelay(ctx)
+
+    def start(self, fn, args, spec):
+        extra = {**blas.thread_env(spec.blas_threads), **spec.env,
+                 "WORLD_SIZE": str(self.world_size)}
+        saved = {k: os.environ.get(k) for k in (*extra, "RANK", "LOCAL_RANK")}
+        try:  # a spawned worker reads the environment before it imports NumPy
+            os.environ.update(extra)
+            for rank in range(self.world_size):
+                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+                recv_end, send_end = self.ctx.Pipe(duplex=False)
+                proc = self.ctx.Process(
+                    target=worker_main, name=f"minilepton-rank{rank}", daemon=True,
+                    args=(rank, self.world_size, fn, args, spec, send_end, self.relay.queue))
+                self.procs.append(proc)
+                self.conns.append(recv_end)
+                proc.start()
+                send_end.close()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def supervise(self):
+        results, pending = [None] * self.world_size, set(range(self.world_size))
+        while pending:
+            watch = {}
+            for r in pending:
+                watch[self.conns[r]] = r
+                watch[self.procs[r].sentinel] = r
+            for ready in wait_ready(list(watch), timeout=1.0):
+                r = watch[ready]
+                if r not in pending:
+                    continue
+                message = self._message(r)
+                if message is None:  # exited without a word: killed, or os._exit
+                    raise WorkerError(r, self._exit_text(r))
+                if message[0] == "ok":
+                    results[r] = message[1]
+                    pending.discard(r)
+                else:
+                    _, kind, text, trace = message
+                    raise WorkerError(r, f"{kind}: {text}\n\nworker traceback:\n{trace}")
+        return results
+
+    def _message(self, r):
+        conn = self.conns[r]
+        try:
+            if conn.poll():
+                return conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.procs[r].join(0.5)  # the sentinel fired: give the pipe a moment to drain
+        try:
+            return conn.recv() if conn.poll(0.1) else None
+        except (EOFError, OSError):
+            return None
+
+    def _exit_text(self, r):
+        code = self.procs[r].exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "an unknown signal"
+            return f"killed by signal {-code} ({name}) before it could report"
+        return f"exited with code {code} before it could report"
+
+    def stop(self):
+        """Terminate, kill and join every worker; unlink the arena; stop the log relay."""
+        blocked = _block_sigint()
+        try:
+            if self.finished:  # they are flushing their logs and exiting
+                deadline = time.monotonic() + STOP_GRACE_S
+                for p in self.procs:
+                    p.join(max(0.0, deadline - time.monotonic()))
+            alive = [p for p in self.procs if p.is_alive()]
+            for p in alive:
+                p.terminate()
+            deadline = time.monotonic() + STOP_GRACE_S
+            for p in alive:
+                p.join(max(0.0, deadline - time.monotonic()))
+            for p in self.procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join(5.0)
+            self.arena.unlink()
+            self.arena.close()
+            for conn in self.conns:
+                conn.close()
+            for p in self.procs:
+                p.close() if p.exitcode is not None else None
+            self.relay.stop()
+        finally:
+            _unblock_sigint(blocked)
+
+
+def _block_sigint():
+    """Hold Ctrl-C while cleaning up (a second Ctrl-C must not leave workers or segments)."""
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _unblock_sigint(previous) -> None:
+    if previous is not None and signal.SIGINT not in previous:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

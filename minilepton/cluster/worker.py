@@ -1,0 +1,74 @@
+"""What runs inside one worker process: set up, call ``fn(comm, *args)``, report back.
+
+The worker ignores SIGINT (Ctrl-C reaches the whole terminal's process group; the launcher
+alone decides how the job stops), asks Linux to kill it if the launcher dies, caps its BLAS
+threads, routes its logging to the launcher, maps the job's arena, and sends exactly one
+message through its pipe: ``("ok", result)`` or ``("error", type, message, traceback)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import traceback
+from dataclasses import dataclass, field
+
+from ..comm.arena import Arena
+from ..comm.shm import ShmConfig, world_communicator
+from . import blas, logs, simulate
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs besides ``fn`` and ``args`` (picklable, for spawn)."""
+
+    arena_name: str
+    world_offset: int
+    config: ShmConfig
+    blas_threads: int
+    log_level: int
+    parent_pid: int
+    log_dir: str | None = None
+    link: object = None
+    node_speeds: list | None = None
+    env: dict = field(default_factory=dict)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this worker when the launcher goes away (no orphaned workers)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(spec.parent_pid)
+    os.environ.update(spec.env)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    blas.limit_threads(spec.blas_threads)
+    logs.setup_worker(rank, log_queue, spec.log_level, spec.log_dir)
+    comm = None
+    try:
+        arena = Arena.attach(spec.arena_name)
+        comm = world_communicator(arena, rank, world_size, spec.world_offset, spec.config)
+        simulate.wrap(comm, spec.link, spec.node_speeds)
+        message = ("ok", fn(comm, *args))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the launcher
+        message = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+    try:
+        conn.send(message)
+    except Exception as exc:  # the result could not be pickled
+        conn.send(("error", type(exc).__name__, f"could not send the result back: {exc}",
+                   traceback.format_exc()))
+    finally:
+        conn.close()
+        if comm is not None:
+            comm.close()

@@ -1,0 +1,260 @@
+"""The shared-memory communicator: a group of ranks, its control block in the arena, and the
+operations that are not reductions (barrier, send/recv, split, zeros).
+
+A group's control block (allocated once, when the group is made) holds, in order:
+
+- one step counter per rank, each on its own cache line (see ``shm_sync``);
+- an exchange area, 2 × P lines of int64, for small values (``split``'s colors, offsets);
+- the staging ring, ``stage_depth`` × P slots of ``stage_bytes``: a private array taking part
+  in a collective goes through it in cache-sized chunks;
+- the P × P point-to-point channels (``shm_channels``).
+
+Every operation is a sequence of steps; step s uses buffers ``s % depth`` and ends with all
+ranks having arrived at s, so buffers are reused without extra handshakes. The reductions
+live in ``shm_collectives`` (the shared-memory algorithms) and ``ring`` (the ring).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .arena import ALIGN_BYTES, ArenaFullError, _round_up
+from . import shm_collectives
+from .base import CommError, Communicator
+from .shm_channels import Channels
+from .shm_sync import LINE, timeout_default, wait_counters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShmConfig:
+    """Sizes of a group's buffers and the stall timeout (see the module docstring)."""
+
+    stage_depth: int = 8                    # staging slots per rank (a ring of them)
+    stage_bytes: int = 512 << 10            # bytes per staging slot: about half a core's L2
+    channel_slots: int = 4                  # pieces in flight per (src, dst) channel
+    channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
+    timeout_s: float = field(default_factory=timeout_default)
+
+    def block_bytes(self, world_size: int) -> int:
+        """Bytes of one group's control block."""
+        head = _round_up(world_size * 64 * 3)
+        stage = _round_up(self.stage_depth * world_size * self.stage_bytes)
+        return head + stage + Channels.region_bytes(world_size, self.channel_slots,
+                                                    self.channel_chunk_bytes)
+
+
+def verbose_default() -> bool:
+    return os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0")
+
+
+class ShmCommunicator(Communicator):
+    """A group of ranks talking through one job's shared-memory arena.
+
+    ``arena``: the mapped ``Arena``; ``rank``: this process's rank in the group; ``members``:
+    the job-wide rank of each group rank; ``offset``: where the group's control block starts.
+    """
+
+    backend_name = "shm"
+
+    def __init__(self, arena, rank, members, offset, config: ShmConfig | None = None,
+                 link=None, verbose: bool | None = None):
+        super().__init__(rank, len(members))
+        self.arena, self.members, self.offset = arena, list(members), int(offset)
+        self.config = cfg = config or ShmConfig()
+        self.link = link
+        self.verbose = verbose_default() if verbose is None else verbose
+        self.timeout_s = cfg.timeout_s
+        P = self.world_size
+        mm = memoryview(arena.mm)
+        self._ctr = mm[self.offset:self.offset + P * 64].cast("q")
+        self._me = rank * LINE
+        self._all = [q * LINE for q in range(P)]
+        self._step = 0
+        self._xchg = arena.view(self.offset + P * 64, (2, P, LINE), np.int64)
+        stage_off = self.offset + _round_up(P * 64 * 3)
+        self._stage_off = stage_off
+        self._stage_raw = arena.view(stage_off, (cfg.stage_depth, P, cfg.stage_bytes), np.uint8)
+        self._stage_typed = {}
+        chan_off = stage_off + _round_up(cfg.stage_depth * P * cfg.stage_bytes)
+        self.channels = Channels(arena, chan_off, P, rank, cfg.channel_slots,
+                                 cfg.channel_chunk_bytes, cfg.timeout_s, self.members)
+        self._alloc_lo: list = []    # sorted start addresses of my slots of arena arrays
+        self._alloc_info: list = []  # (end address, base offset, slot bytes)
+        self._peer_cache: dict = {}
+
+    # ---- steps: post "arrived at s", wait for everyone
+    def _post(self) -> int:
+        s = self._step + 1
+        self._step = s
+        self._ctr[self._me] = s
+        return s
+
+    def _wait(self, s: int, what: str) -> None:
+        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members)
+
+    def _sync(self, what: str) -> int:
+        s = self._post()
+        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members)
+        return s
+
+    def _exchange(self, values) -> np.ndarray:
+        """Every rank contributes up to 8 int64 values; everyone gets the (P, 8) table."""
+        s = self._step + 1
+        row = self._xchg[s % 2, self.rank]
+        row[:] = 0
+        row[:len(values)] = values
+        self._sync("exchange")
+        return self._xchg[s % 2].copy()
+
+    def stage(self, dtype) -> np.ndarray:
+        """The staging ring seen as ``dtype``: shape (depth, P, elements per slot)."""
+        dt = np.dtype(dtype)
+        got = self._stage_typed.get(dt)
+        if got is None:
+            got = self._stage_typed[dt] = self._stage_raw.view(dt)
+        return got
+
+    def _say(self, text: str) -> None:
+        log.info("[rank %d/%d] %s", self.members[self.rank], self.rank, text)
+
+    # ---- arena arrays
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        """An array of zeros living in the arena (collective: every rank of the group calls it
+        with the same shape and dtype, in the same order). Collectives on it (or on a
+        contiguous view of it) read peers' data in place instead of copying it."""
+        dt = np.dtype(dtype)
+        shape = (shape,) if np.isscalar(shape) else tuple(int(n) for n in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        slot = _round_up(max(nbytes, 1), ALIGN_BYTES)
+        return self._alloc_slots(slot, f"zeros{shape} {dt}", shape, dt)
+
+    def _alloc_slots(self, slot, what, shape, dt):
+        err, off = None, 0
+        if self.rank == 0:
+            try:
+                off = self.arena.alloc(slot * self.world_size, what)
+            except ArenaFullError as exc:
+                err, off = exc, -1
+        off = int(self._exchange([off])[0, 0])
+        if off < 0:
+            raise err or ArenaFullError(f"{what}: does not fit in the shared-memory arena")
+        mine = off + self.rank * slot
+        arr = self.arena.view(mine, shape, dt)
+        lo = self.arena.base_addr + mine
+        i = bisect.bisect(self._alloc_lo, lo)
+        self._alloc_lo.insert(i, lo)
+        self._alloc_info.insert(i, (lo + slot, off, slot))
+        return arr
+
+    def peers_of(self, flat: np.ndarray):
+        """For an arena array of this group: every rank's matching flat view (rank order).
+        For any other array: None."""
+        if not self._alloc_lo:
+            return None
+        addr = flat.ctypes.data
+        key = (addr, flat.size, flat.dtype)
+        got = self._peer_cache.get(key)
+        if got is not None:
+            return got
+        i = bisect.bisect(self._alloc_lo, addr) - 1
+        if i < 0:
+            return None
+        hi, off, slot = self._alloc_info[i]
+        if addr + flat.nbytes > hi:
+            return None
+        inner = addr - self._alloc_lo[i]
+        views = tuple(self.arena.view(off + q * slot + inner, (flat.size,), flat.dtype)
+                      for q in range(self.world_size))
+        if len(self._peer_cache) > 4096:
+            self._peer_cache.clear()
+        self._peer_cache[key] = views
+        return views
+
+    # ---- group operations
+    def barrier(self) -> None:
+        with self._timed("barrier", 0, 0):
+            if self.verbose:
+                self._say("barrier")
+            self._sync("barrier")
+
+    def split(self, color, key=None) -> "ShmCommunicator | None":
+        """Collective over this group: ranks passing the same ``color`` (an int >= 0) form a new
+        group, ordered by ``(key, rank)``; ``color=None`` joins no group and gets None."""
+        if color is not None and (int(color) != color or color < 0):
+            raise ValueError(f"split color must be an int >= 0 or None, not {color!r}")
+        key = self.rank if key is None else int(key)
+        table = self._exchange([-1 if color is None else int(color), key])
+        if color is None:
+            self._exchange([0])  # keep step with the ranks that do allocate
+            return None
+        group = sorted((int(table[q, 1]), q) for q in range(self.world_size)
+                       if table[q, 0] == color)
+        ranks = [q for _, q in group]
+        new_rank = ranks.index(self.rank)
+        err, off = None, 0
+        if new_rank == 0:
+            try:
+                off = self.arena.alloc(self.config.block_bytes(len(ranks)), "a split group")
+            except ArenaFullError as exc:
+                err, off = exc, -1
+        offs = self._exchange([off])
+        off = int(offs[ranks[0], 0])
+        if off < 0:
+            raise err or ArenaFullError("split: the new group's buffers do not fit in the arena")
+        if self.verbose:
+            self._say(f"split color={color} key={key} -> rank {new_rank} of {len(ranks)} "
+                      f"(members {[self.members[q] for q in ranks]})")
+        return ShmCommunicator(self.arena, new_rank, [self.members[q] for q in ranks], off,
+                               self.config, self.link, self.verbose)
+
+    def send(self, x, dst: int) -> None:
+        x = self.check_array(x, "send")
+        dst = self.check_peer(dst, "send")
+        with self._timed("send", x.nbytes, 1, critical=(1, x.nbytes)):
+            if self.verbose:
+                self._say(f"send {x.nbytes} B {x.dtype}{x.shape} -> rank {dst}")
+            self.channels.send(x.reshape(-1), dst)
+
+    def recv(self, x, src: int):
+        x = self.check_array(x, "recv")
+        src = self.check_peer(src, "recv")
+        with self._timed("recv", 0, 0):
+            if self.verbose:
+                self._say(f"recv {x.nbytes} B {x.dtype}{x.shape} <- rank {src}")
+            self.channels.recv(x.reshape(-1), src)
+        return x
+
+    # ---- reductions (shm_collectives / ring)
+    def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
+        return shm_collectives.allreduce(self, x, op, algorithm)
+
+    def reduce_scatter(self, x, op: str = "sum"):
+        return shm_collectives.reduce_scatter(self, x, op)
+
+    def allgather(self, x):
+        return shm_collectives.allgather(self, x)
+
+    def broadcast(self, x, root: int = 0):
+        return shm_collectives.broadcast(self, x, root)
+
+    def close(self) -> None:
+        self._peer_cache.clear()
+        self._stage_typed.clear()
+
+    def check_mean_dtype(self, x, op):
+        if op == "mean" and x.dtype.kind != "f":
+            raise ValueError(f"op='mean' needs a floating array, not {x.dtype}")
+
+
+def world_communicator(arena, rank, world_size, offset, config=None, link=None):
+    """The job-wide group (made by each worker from the launcher's arena)."""
+    if not 0 <= rank < world_size:
+        raise CommError(f"rank {rank} outside 0..{world_size - 1}")
+    return ShmCommunicator(arena, rank, list(range(world_size)), offset, config, link)

@@ -1,0 +1,100 @@
+"""Waiting on shared memory: progress counters polled with a bounded wait that yields.
+
+Every rank of a group owns one 64-bit *step counter* on its own cache line. To take part in
+step s, a rank writes its data, then stores s in its counter ("I have arrived at s"), then
+waits until every peer's counter is >= s. Because a rank only reaches step s+1 after finishing
+step s, a counter >= s+1 also says "I am done reading the data of step s": buffers indexed by
+``step % depth`` (depth >= 2) can be rewritten without any further handshake.
+
+Why polling: a blocking primitive (``multiprocessing.Barrier``, a semaphore) costs about
+150 µs per crossing on a small machine, fifty times an MPI all-reduce of 1 KiB. Polling a
+counter costs tens of nanoseconds; the wait spins briefly, then yields the core (so that an
+oversubscribed peer can run), then sleeps in growing steps, and gives up after ``timeout_s``
+with a ``CommError`` naming the ranks that did not arrive.
+
+Counters are read and written through a ``memoryview`` cast to int64: an aligned 8-byte load
+or store, which x86-64 and ARM64 perform atomically; x86's ordered stores make "data, then
+counter" visible in that order to the reader.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .base import CommError
+
+LINE = 8          # int64 slots per 64-byte cache line
+SPIN_POLLS = 64   # polls before the first yield
+YIELD_S = 2e-3    # then yield the core for this long before sleeping
+MAX_SLEEP_S = 1e-3
+
+_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+def timeout_default() -> float:
+    """Seconds a collective waits for its peers: ``MINILEPTON_COMM_TIMEOUT_S`` or 60."""
+    return float(os.environ.get("MINILEPTON_COMM_TIMEOUT_S", "60"))
+
+
+def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=None) -> None:
+    """Return once ``ctr[i] >= target`` for every ``i`` in ``indices``; raise CommError otherwise.
+
+    ``ctr`` is an int64 memoryview, ``indices`` the positions to watch (rank * LINE), ``what``
+    a string (or callable giving one) describing the operation for the error message, and
+    ``members`` maps a group rank to the rank named in errors.
+    """
+    for i in indices:          # fast path: everyone is already there
+        if ctr[i] < target:
+            break
+    else:
+        return
+    polls = 0
+    t_start = time.monotonic()
+    sleep_s = 1e-5
+    while True:
+        for i in indices:
+            if ctr[i] < target:
+                break
+        else:
+            return
+        polls += 1
+        if polls < SPIN_POLLS:
+            continue
+        now = time.monotonic()
+        if now - t_start < YIELD_S:
+            _yield()
+            continue
+        if now - t_start > timeout_s:
+            missing = [i // LINE for i in indices if ctr[i] < target]
+            if members is not None:
+                missing = [members[r] for r in missing]
+            desc = what() if callable(what) else what
+            raise CommError(f"{desc}: rank(s) {missing} did not arrive within {timeout_s:g} s "
+                            "(stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S if they are "
+                            "just slow")
+        time.sleep(sleep_s)
+        sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
+
+
+def wait_value(read, target: int, timeout_s: float, what) -> None:
+    """Return once ``read() >= target`` (a channel's head or tail); raise CommError after the
+    timeout. ``what`` describes the wait for the error message."""
+    if read() >= target:
+        return
+    polls = 0
+    t_start = time.monotonic()
+    sleep_s = 1e-5
+    while read() < target:
+        polls += 1
+        if polls < SPIN_POLLS:
+            continue
+        now = time.monotonic()
+        if now - t_start < YIELD_S:
+            _yield()
+            continue
+        if now - t_start > timeout_s:
+            desc = what() if callable(what) else what
+            raise CommError(f"{desc} within {timeout_s:g} s (peer stalled or dead)")
+        time.sleep(sleep_s)
+        sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
