@@ -44,7 +44,7 @@ class ModelParallelStrategy(Strategy):
         widths = [_features(st, "in_features") for st in stages]
         widths.append(_features(stages[-1], "out_features"))
         self.pipe = (PipelineParallel(self.model, self.mesh.pp_comm, widths, micro_batches,
-                                      schedule, tracer) if pp > 1 else None)
+                                      schedule, tracer, comm.rank) if pp > 1 else None)
         self.optimizer = optimizer_factory(self.model.parameters())
         if tracer is not None:
             tracer.watch(comm, self.mesh.tp_comm, self.mesh.pp_comm, self.mesh.dp_comm)

@@ -104,11 +104,13 @@ class PipelineParallel:
 
     ``stage_module`` is this stage's Sequential (possibly tensor-parallel inside);
     ``widths[s]`` is the feature width entering stage s and ``widths[P]`` the logits' width.
+    ``global_rank`` (default: the rank in ``comm``) names this process in error messages.
     """
 
     def __init__(self, stage_module, comm, widths, micro_batches: int = 4,
-                 schedule_name: str = "1f1b", tracer=None):
+                 schedule_name: str = "1f1b", tracer=None, global_rank: int | None = None):
         self.module, self.comm = stage_module, comm
+        self.global_rank = comm.rank if global_rank is None else int(global_rank)
         self.stage, self.stages = comm.rank, comm.world_size
         self.widths = [int(w) for w in widths]
         self.micro_batches, self.schedule_name = int(micro_batches), schedule_name
@@ -125,7 +127,7 @@ class PipelineParallel:
         return self.stage == self.stages - 1
 
     def _span(self, name, **args):
-        return self.tracer.span(name, "compute", **args) if self.tracer else _NULL
+        return self.tracer.span(name, **args) if self.tracer else _NULL
 
     def train_step(self, x, y, global_batch_size: int) -> StepStats:
         """Forward and backward of every micro-batch by the schedule; gradients accumulate in
@@ -156,7 +158,7 @@ class PipelineParallel:
                         else:
                             self._backward(m, inbox.pop(("g", m), None), stash)
                 except Exception as exc:
-                    raise RuntimeError(f"pipeline stage {s} (rank {self.comm.rank}) failed in "
+                    raise RuntimeError(f"pipeline stage {s} (rank {self.global_rank}) failed in "
                                        f"the {mine.phase} of micro-batch {m}: "
                                        f"{type(exc).__name__}: {exc}") from exc
                 compute_s += time.perf_counter() - t0
