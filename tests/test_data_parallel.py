@@ -229,7 +229,7 @@ def launch(fn, world_size, args, backend="shm"):
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(st.integers(1, 4), st.lists(case_strategy, min_size=4, max_size=4))
 def test_data_parallel_equals_one_process(world_size, cases):
     results = launch(dp_worker, world_size, (cases,))
@@ -313,9 +313,9 @@ def test_compression_and_local_sgd_still_converge_on_the_embedded_data():
     variants = [{}, {"compress": "fp16"}, {"compress": "topk:0.05"}, {"sync_every": 4}]
     rows = [launch(train_worker, 2, (x, y, xt, yt.astype(np.int64), v))[0] for v in variants]
     plain_bytes = rows[0][3]["bytes_per_step"]
-    for (first, last, acc, report), variant in zip(rows, variants):
-        assert last < 0.7 * first, variant
-        assert acc > 0.65, variant
+    for (first, last, acc, report), variant, least in zip(rows, variants, [0.72, 0.72, 0.6, 0.7]):
+        assert last < 0.7 * first, variant   # the loss falls ...
+        assert acc > least, variant          # ... and test accuracy is far above chance (0.1)
     assert rows[1][3]["bytes_per_step"] == pytest.approx(plain_bytes / 2, rel=0.01)
     assert rows[2][3]["bytes_per_step"] < 0.2 * plain_bytes
     assert rows[3][3]["bytes_per_step"] < 0.3 * plain_bytes

@@ -198,6 +198,9 @@ class DataParallelStrategy(Strategy):
         self.comm, self.model, self.optimizer = comm, model, optimizer
         self.is_main = comm.rank == 0
         self.sync_every = int(sync_every)
+        if node_speeds is None:  # the launcher's simulated cluster, when it set one
+            from ..cluster import simulate  # noqa: PLC0415
+            node_speeds = simulate.node_speeds()
         self.speeds = parse_node_speeds(node_speeds, comm.world_size)
         self.speed = float(self.speeds[comm.rank])
         self.sampler = DistributedSampler(comm.rank, comm.world_size)

@@ -118,8 +118,10 @@ def run(cfg: TrainConfig, arrays=None, timeout_s: float | None = None) -> dict:
         return metrics if metrics is not None else {}
     from ..cluster import launch  # noqa: PLC0415
     kwargs = {"log_dir": cfg.log_dir} if cfg.log_dir else {}
-    if cfg.link != "none":  # the launcher's simulated interconnect; node speeds are simulated
-        kwargs["link"] = cfg.link  # by the strategy itself, so that balancing can measure them
+    if cfg.link != "none":  # the launcher's simulated interconnect
+        kwargs["link"] = cfg.link
+    if cfg.node_speeds:  # the strategy slows its own compute (so balancing can measure it)
+        kwargs["node_speeds"] = list(cfg.node_speeds)
     if timeout_s is not None:
         kwargs["timeout_s"] = timeout_s
     results = launch(worker, cfg.world_size, args=(cfg, arrays), backend=cfg.backend, **kwargs)

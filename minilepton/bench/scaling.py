@@ -1,0 +1,157 @@
+"""Data-parallel scaling: samples/s of the whole training step at each number of workers.
+
+Strong scaling (default) keeps the global batch fixed, so P workers each compute B/P samples and
+the ideal speedup is P; ``--weak`` keeps the per-worker batch fixed (global batch B·P). A step is
+what ``minilepton train`` does per batch: slice the shard, forward, backward, the bucketed
+all-reduce, the optimizer update. World sizes are run in interleaved rounds (1, 2, 4, 1, 2, 4,
+…) and the median of each is taken, so a noisy neighbour hurts every size alike; speedups are
+ratios against the smallest world size measured in the same run. ``--compress`` lists several
+gradient encodings to compare their bytes per step and communication time.
+
+    minilepton bench scaling --workers 1,2 --hidden 1024,1024 --batch-size 1024
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+from ..backend import cpu_count
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workers", default="1,2", help="world sizes, comma-separated")
+    parser.add_argument("--hidden", default="1024,1024", help="hidden layer sizes of the MLP")
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="global batch (strong), or per-worker batch with --weak")
+    parser.add_argument("--weak", action="store_true", help="weak scaling: batch per worker")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per launch")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per launch")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads per worker")
+    parser.add_argument("--backend", choices=("shm", "mpi"), default="shm")
+    parser.add_argument("--bucket-bytes", type=int, default=1 << 22)
+    parser.add_argument("--compress", default="none",
+                        help="gradient encodings to compare, e.g. none,fp16,topk:0.01")
+    parser.add_argument("--json", default="benchmarks/scaling_dp.json", help="results file")
+    parser.add_argument("--figure", default="figures/speedup_dp.png",
+                        help="speedup plot ('' for none)")
+
+
+def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, compress):
+    """Time ``steps`` training steps on synthetic data; rank 0 returns the medians."""
+    from .. import nn, optim  # noqa: PLC0415
+    from ..parallel.data_parallel import DataParallelStrategy  # noqa: PLC0415
+    rng = np.random.default_rng(0)
+    x = rng.random((global_batch, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], global_batch)
+    model = nn.mlp(sizes, seed=0)
+    opt = optim.SGD(model.parameters(), lr=1e-3) if optimizer == "sgd" else optim.Adam(
+        model.parameters(), lr=1e-4)
+    strat = DataParallelStrategy(comm, model, opt, bucket_bytes=bucket_bytes, compress=compress)
+    batch = np.arange(global_batch)
+    times, sync_s, sync_bytes = [], [], []
+    for step in range(warmup + steps):
+        if step == warmup:
+            comm.barrier()
+        s0, b0 = strat.dp.sync_seconds, strat.dp.sync_bytes
+        t0 = time.perf_counter()
+        local = strat.local_indices(batch)
+        strat.train_step(x[local], y[local], global_batch)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+            sync_s.append(strat.dp.sync_seconds - s0)
+            sync_bytes.append(strat.dp.sync_bytes - b0)
+    step_s = statistics.median(times)
+    return {"step_seconds": step_s, "samples_per_second": global_batch / step_s,
+            "comm_seconds_fraction": statistics.median(sync_s) / step_s,
+            "bytes_per_step": statistics.median(sync_bytes)}
+
+
+def _plot(rows, path: str, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for compress in sorted({r["compress"] for r in rows}):
+        mine = [r for r in rows if r["compress"] == compress]
+        ax.plot([r["workers"] for r in mine], [r["speedup"] for r in mine], "o-",
+                label=f"measured ({compress})")
+    ps = sorted({r["workers"] for r in rows})
+    ax.plot(ps, [p / ps[0] for p in ps], "k--", label="ideal")
+    ax.set_xlabel("workers")
+    ax.set_ylabel(f"speedup over {ps[0]} worker(s)")
+    ax.set_xticks(ps)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from ..cluster import launch  # noqa: PLC0415
+    try:
+        workers = sorted({int(w) for w in args.workers.split(",")})
+        hidden = [int(h) for h in args.hidden.split(",") if h]
+    except ValueError:
+        raise ValueError("--workers and --hidden take comma-separated integers") from None
+    if not workers or min(workers) < 1 or args.batch_size < 1 or args.steps < 1:
+        raise ValueError("--workers, --batch-size and --steps must be positive")
+    sizes = [784, *hidden, 10]
+    encodings = args.compress.split(",")
+    samples = {(c, p): [] for c in encodings for p in workers}
+    for rnd in range(args.rounds):
+        for compress in encodings:
+            for p in workers:
+                batch = args.batch_size * p if args.weak else args.batch_size
+                if batch < p:
+                    raise ValueError(f"--batch-size {batch} is smaller than {p} workers")
+                out = launch(_worker, p, args=(sizes, batch, args.optimizer, args.steps,
+                                               args.warmup, args.bucket_bytes, compress),
+                             backend=args.backend, blas_threads=args.blas_threads)[0]
+                samples[(compress, p)].append(out)
+                print(f"round {rnd + 1}/{args.rounds} {compress:>9} P={p}: "
+                      f"{out['samples_per_second']:9.0f} samples/s, "
+                      f"comm {100 * out['comm_seconds_fraction']:4.1f}% of the step", flush=True)
+    rows = []
+    for compress in encodings:
+        base = statistics.median(o["samples_per_second"] for o in samples[(compress, workers[0])])
+        for p in workers:
+            runs = samples[(compress, p)]
+            sps = statistics.median(o["samples_per_second"] for o in runs)
+            rows.append({"compress": compress, "workers": p, "samples_per_second": sps,
+                         "speedup": sps / base, "ideal": p / workers[0],
+                         "comm_seconds_fraction": statistics.median(
+                             o["comm_seconds_fraction"] for o in runs),
+                         "bytes_per_step": statistics.median(o["bytes_per_step"] for o in runs),
+                         "rounds": [o["samples_per_second"] for o in runs]})
+    mode = "weak" if args.weak else "strong"
+    result = {"benchmark": "scaling", "mode": mode, "cores": cpu_count(),
+              "blas_threads": args.blas_threads, "model": "mlp " + "-".join(map(str, sizes)),
+              "optimizer": args.optimizer, "batch_size": args.batch_size,
+              "backend": args.backend, "steps": args.steps, "rounds": args.rounds,
+              "arguments": vars(args), "results": rows}
+    print(f"\n{mode} scaling, {result['model']}, batch {args.batch_size}, "
+          f"{args.blas_threads} BLAS thread(s) per worker, {cpu_count()} cores")
+    print(f"{'compress':>9} {'workers':>7} {'samples/s':>10} {'speedup':>8} {'ideal':>6} "
+          f"{'comm %':>7} {'bytes/step':>11}")
+    for r in rows:
+        print(f"{r['compress']:>9} {r['workers']:>7} {r['samples_per_second']:>10.0f} "
+              f"{r['speedup']:>8.2f} {r['ideal']:>6.1f} {100 * r['comm_seconds_fraction']:>7.1f} "
+              f"{r['bytes_per_step']:>11.0f}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.figure:
+        _plot(rows, args.figure, f"{mode} scaling, {result['model']}, batch {args.batch_size}, "
+                                 f"{cpu_count()} cores")
+    return 0
