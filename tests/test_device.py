@@ -20,6 +20,8 @@ from minilepton import backend
 from minilepton.comm.base import Communicator
 from minilepton.comm.device_staging import DeviceStagingComm, wrap_for_device
 
+STAND_IN = "stand-in"  # dp_sgd_steps(gpu=STAND_IN): install the stand-in in the worker first
+
 
 class FakeGpuArray(np.ndarray):
     """Stand-in for ``cupy.ndarray``."""
@@ -386,3 +388,47 @@ def test_wrap_for_device_without_a_gpu(no_cupy):
     assert wrap_for_device(inner, "auto") is inner
     with pytest.raises(backend.DeviceError, match="needs CuPy"):
         wrap_for_device(inner, "gpu")
+
+
+# ---------------------------------------------------------------- workers sharing a GPU
+def dp_sgd_steps(comm, x, y, steps: int, batch: int, gpu: str = "cupy"):
+    """Data-parallel SGD on a GPU (one process when ``comm`` is None): each rank takes its
+    shard of every global batch, sums its loss over the shard / batch, and the staged
+    all-reduce adds the ranks' gradients. Returns (parameters, staging counters)."""
+    if gpu == STAND_IN:
+        cp, cupyx = _make_fake_cupy(1)
+        sys.modules["cupy"], sys.modules["cupyx"] = cp, cupyx
+    rank, size = (comm.rank, comm.world_size) if comm is not None else (0, 1)
+    if comm is not None:
+        backend.set_gpu_for_local_rank(rank)
+        comm = wrap_for_device(comm, "gpu")
+    xp = backend.namespace("gpu")
+    model = ml.nn.mlp([x.shape[1], 16, 4], seed=2, dtype="float64").to("gpu")
+    opt = ml.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
+    for step in range(steps):
+        rows = np.arange(step * batch, (step + 1) * batch)[rank::size]
+        opt.zero_grad()
+        logits = model(ml.Tensor(xp.asarray(x[rows])))
+        loss = ml.nn.functional.cross_entropy(logits, xp.asarray(y[rows]), reduction="sum")
+        (loss * (1.0 / batch)).backward()
+        if comm is not None:
+            for p in model.parameters():
+                comm.allreduce(p.grad)
+        opt.step()
+    staging = comm.staging.as_dict() if comm is not None else None
+    return {name: p.numpy() for name, p in model.named_parameters()}, staging
+
+
+@pytest.mark.timeout(120)
+def test_spawned_workers_sharing_a_stand_in_gpu_equal_one_process(fake_cupy):
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((96, 10)), rng.integers(0, 4, 96)
+    single, _ = dp_sgd_steps(None, x, y, steps=3, batch=32)  # on this test's stand-in
+    results = ml.cluster.launch(dp_sgd_steps, 2, args=(x, y, 3, 32, STAND_IN),
+                                start_method="spawn")
+    for rank, (params, staging) in enumerate(results):
+        for name, value in single.items():
+            np.testing.assert_allclose(params[name], value, rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {rank}: {name}")
+        assert staging["d2h_copies"] == staging["h2d_copies"] == 3 * len(single)
+        assert staging["h2d_bytes"] == 3 * sum(v.nbytes for v in single.values())

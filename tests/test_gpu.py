@@ -19,6 +19,7 @@ import pytest
 import minilepton as ml
 from minilepton import backend
 from minilepton.autograd import losses
+from test_device import dp_sgd_steps  # the same data-parallel SGD, run here on a real GPU
 
 pytestmark = pytest.mark.gpu
 
@@ -153,37 +154,12 @@ def test_model_and_optimizer_state_live_on_the_gpu(cp):
 
 
 # ---------------------------------------------------------------- data parallel on one GPU
-def _sgd_steps(comm, x, y, steps: int, batch: int):
-    """Data-parallel SGD on the GPU: each rank takes its shard of every global batch, sums its
-    gradient over the shard / batch, and the staged all-reduce adds the ranks' gradients."""
-    from minilepton.comm.device_staging import wrap_for_device
-    rank, size = (comm.rank, comm.world_size) if comm is not None else (0, 1)
-    if comm is not None:
-        backend.set_gpu_for_local_rank(rank)
-        comm = wrap_for_device(comm, "gpu")
-    cp = backend.namespace("gpu")
-    model = ml.nn.mlp([x.shape[1], 16, 4], seed=2, dtype="float64").to("gpu")
-    opt = ml.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
-    for step in range(steps):
-        rows = np.arange(step * batch, (step + 1) * batch)[rank::size]
-        opt.zero_grad()
-        logits = model(ml.Tensor(cp.asarray(x[rows])))
-        loss = ml.nn.functional.cross_entropy(logits, cp.asarray(y[rows]), reduction="sum")
-        (loss * (1.0 / batch)).backward()
-        if comm is not None:
-            for p in model.parameters():
-                comm.allreduce(p.grad)
-        opt.step()
-    staging = comm.staging.as_dict() if comm is not None else None
-    return {name: p.numpy() for name, p in model.named_parameters()}, staging
-
-
 @pytest.mark.timeout(300)
 def test_data_parallel_workers_on_one_gpu_equal_one_process(cp):
     x, y, _, _ = _data(256)
     x = x.astype(np.float64)
-    single, _ = _sgd_steps(None, x, y, steps=4, batch=64)
-    results = ml.cluster.launch(_sgd_steps, 2, args=(x, y, 4, 64), start_method="spawn")
+    single, _ = dp_sgd_steps(None, x, y, steps=4, batch=64)
+    results = ml.cluster.launch(dp_sgd_steps, 2, args=(x, y, 4, 64), start_method="spawn")
     for rank, (params, staging) in enumerate(results):
         for name, value in single.items():
             np.testing.assert_allclose(params[name], value, rtol=1e-10, atol=1e-12,
