@@ -198,10 +198,10 @@ def count_graph_ops(impl) -> int:
 def describe_run(args, device, torch_note) -> list:
     lines = [f"command: python {' '.join(sys.argv)}",
              f"date (UTC): {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}",
-             f"python {platform.python_version()}, numpy {np.__version__}, "
-             f"minilepton {ml.__version__}, {torch_note}",
-             f"float32, SGD lr={LR}, {args.repeats} repeats x {args.steps} steps "
-             f"(+{args.warmup} warm-up), interleaved, medians, synchronised before every clock read"]
+             (f"python {platform.python_version()}, numpy {np.__version__}, "
+              f"minilepton {ml.__version__}, {torch_note}"),
+             (f"float32, SGD lr={LR}, {args.repeats} repeats x {args.steps} steps "
+              f"(+{args.warmup} warm-up), interleaved, medians, synchronised before every clock read")]
     if device == "gpu":
         cp = backend.namespace("gpu")
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)

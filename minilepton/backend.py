@@ -192,7 +192,7 @@ def probe_gpu_count(timeout_s: float = 120.0) -> tuple[int, str]:
         return _cupy.cuda.runtime.getDeviceCount(), "CuPy already initialised in this process"
     try:
         done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                              timeout=timeout_s)
+                              timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 0, f"the GPU probe failed: {exc}"
     if done.returncode != 0:

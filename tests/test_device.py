@@ -34,9 +34,7 @@ class FakeGpuArray(np.ndarray):
         if outs:
             kwargs["out"] = tuple(o.view(np.ndarray) for o in outs)
         result = getattr(ufunc, method)(*plain, **kwargs)
-        if outs:
-            return outs[0] if len(outs) == 1 else outs
-        return _wrap(result)
+        return (outs[0] if len(outs) == 1 else outs) if outs else _wrap(result)
 
     @property
     def flags(self):
@@ -45,10 +43,9 @@ class FakeGpuArray(np.ndarray):
                                      owndata=f.owndata)
 
     def get(self, out=None):
-        host = self.view(np.ndarray)
         if out is None:
-            return host.copy()
-        np.copyto(out, host)
+            return self.view(np.ndarray).copy()
+        np.copyto(out, self.view(np.ndarray))
         return out
 
     def set(self, arr):
@@ -72,14 +69,7 @@ def _make_fake_cupy(n_gpus: int):
     cp = types.ModuleType("cupy")
     cp.__version__ = "0.0-stand-in"
     cp.ndarray = FakeGpuArray
-    cp.used_devices = []
-    cp.syncs = [0]
-
-    def asarray(a, dtype=None):
-        return np.array(_host(a), dtype=dtype).view(FakeGpuArray)
-
-    def device_use(index):
-        return types.SimpleNamespace(use=lambda: cp.used_devices.append(index))
+    cp.used_devices, cp.syncs = [], [0]  # what Device(i).use() chose; synchronize() calls
 
     def fallback(name):  # everything else: NumPy's function on host views, results "on the GPU"
         fn = getattr(np, name)
@@ -93,13 +83,14 @@ def _make_fake_cupy(n_gpus: int):
             return type(out)(map(_wrap, out)) if isinstance(out, (list, tuple)) else _wrap(out)
         return call
 
-    cp.asarray = cp.array = asarray
+    cp.asarray = cp.array = lambda a, dtype=None: np.array(_host(a), dtype=dtype).view(FakeGpuArray)
     cp.asnumpy = lambda a: np.array(_host(a))
     cp.__getattr__ = fallback
     stream = types.SimpleNamespace(synchronize=lambda: cp.syncs.__setitem__(0, cp.syncs[0] + 1))
     cp.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: n_gpus),
-        Device=device_use, get_current_stream=lambda: stream)
+        Device=lambda i: types.SimpleNamespace(use=lambda: cp.used_devices.append(i)),
+        get_current_stream=lambda: stream)
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = lambda a, index, v: np.add.at(a.view(np.ndarray), index, _host(v))
     return cp, cupyx
@@ -122,10 +113,14 @@ def no_cupy(monkeypatch):
 
 
 # ---------------------------------------------------------------- choosing a device
-def test_cpu_never_touches_cupy(no_cupy):
-    assert backend.resolve_device("cpu") == "cpu"
-    assert backend.namespace("cpu") is np
-    assert not backend.gpu_initialised()
+def test_without_cupy_cpu_works_gpu_says_how_to_install_auto_falls_back(no_cupy, caplog):
+    assert backend.resolve_device("cpu") == "cpu" and backend.namespace("cpu") is np
+    with pytest.raises(backend.DeviceError) as info:
+        backend.resolve_device("gpu")
+    assert "\n" not in str(info.value) and "pip install 'minilepton[gpu]'" in str(info.value)
+    with caplog.at_level("WARNING", logger="minilepton.backend"):
+        assert backend.resolve_device("auto") == "cpu"
+    assert "using the CPU" in caplog.text and not backend.gpu_initialised()
 
 
 def test_unknown_device_is_one_clear_line():
@@ -133,19 +128,6 @@ def test_unknown_device_is_one_clear_line():
         backend.resolve_device("tpu")
     with pytest.raises(backend.DeviceError, match="unknown device"):
         backend.resolve_device_in_launcher("cuda")
-
-
-def test_gpu_without_cupy_says_how_to_install(no_cupy):
-    with pytest.raises(backend.DeviceError) as info:
-        backend.resolve_device("gpu")
-    message = str(info.value)
-    assert "\n" not in message and "pip install 'minilepton[gpu]'" in message
-
-
-def test_auto_without_cupy_falls_back_saying_so(no_cupy, caplog):
-    with caplog.at_level("WARNING", logger="minilepton.backend"):
-        assert backend.resolve_device("auto") == "cpu"
-    assert "using the CPU" in caplog.text
 
 
 @pytest.mark.parametrize("count, expected", [
@@ -173,16 +155,12 @@ def test_gpu_and_auto_with_a_gpu(fake_cupy):
     assert backend.gpu_initialised()
 
 
-def test_worker_gpu_is_local_rank_modulo_visible(fake_cupy):
+def test_gpu_workers_spawn_and_take_local_rank_modulo_visible(fake_cupy):
     chosen = [backend.set_gpu_for_local_rank(r) for r in range(5)]
     assert chosen == [0, 1, 0, 1, 0] and fake_cupy.used_devices == chosen
     with pytest.raises(ValueError, match="non-negative integer"):
         backend.set_gpu_for_local_rank(-1)
-
-
-def test_start_method_is_spawn_for_gpu_workers():
-    assert backend.start_method_for("gpu") == "spawn"
-    assert backend.start_method_for("cpu") == "fork"
+    assert (backend.start_method_for("gpu"), backend.start_method_for("cpu")) == ("spawn", "fork")
     with pytest.raises(backend.DeviceError, match="resolve 'auto' first"):
         backend.start_method_for("auto")
 
@@ -198,8 +176,7 @@ def test_launcher_resolution_keeps_cuda_out_of_this_process(no_cupy, caplog):
     assert "no usable GPU" in caplog.text
     with pytest.raises(backend.DeviceError, match=r"--device gpu: no usable GPU \(") as info:
         backend.resolve_device_in_launcher("gpu")
-    assert "\n" not in str(info.value)
-    assert not backend.gpu_initialised()
+    assert "\n" not in str(info.value) and not backend.gpu_initialised()
 
 
 def test_importing_minilepton_does_not_import_cupy():
@@ -228,7 +205,6 @@ def test_arrays_move_and_report_their_device(fake_cupy):
 def test_mixing_cpu_and_gpu_tensors_is_a_clear_error(fake_cupy, op):
     cpu = ml.Tensor(np.ones((2, 2)), requires_grad=True)
     gpu = ml.Tensor(backend.to_device(np.ones((2, 2)), "gpu"))
-    assert gpu.device == "gpu" and cpu.device == "cpu"
     for a, b in ((cpu, gpu), (gpu, cpu)):
         with pytest.raises(backend.DeviceError, match="mixes a (CPU|GPU) tensor with a (GPU|CPU) tensor"):
             eval(f"a {op} b")
@@ -251,8 +227,7 @@ def _train_a_few_steps(device: str, optimizer: str):
         x = backend.to_device(rng.standard_normal((8, 6)), device)
         y = backend.to_device(rng.integers(0, 3, 8), device)
         opt.zero_grad()
-        loss = ml.nn.functional.cross_entropy(model(ml.Tensor(x)), y)
-        loss.backward()
+        ml.nn.functional.cross_entropy(model(ml.Tensor(x)), y).backward()
         opt.step()
     return model, opt
 
@@ -274,18 +249,14 @@ class Loopback(Communicator):
 
     def __init__(self):
         super().__init__(rank=1, world_size=3)
-        self.zeros_calls = 0
-        self.sent = []
-        self.incoming = None
+        self.zeros_calls, self.sent, self.incoming = 0, [], None
 
     def allreduce(self, x, op="sum", algorithm=None):
-        self.check_array(x)
-        x *= self.world_size if op == "sum" else 1
+        self.check_array(x)[...] *= self.world_size if op == "sum" else 1
         return x
 
     def reduce_scatter(self, x, op="sum"):
-        self.check_array(x)
-        return x.reshape(self.world_size, -1)[self.rank] * self.world_size
+        return self.check_array(x).reshape(self.world_size, -1)[self.rank] * self.world_size
 
     def allgather(self, x):
         return np.concatenate([self.check_array(x)] * self.world_size)
@@ -339,6 +310,7 @@ def test_staging_counts_and_times_every_copy(fake_cupy):
     assert (s.d2h_copies, s.h2d_copies) == (3, 3)
     assert s.d2h_bytes == s.h2d_bytes == 3 * 4 * 5 * 4
     assert s.d2h_seconds >= 0 and s.h2d_seconds >= 0
+    assert fake_cupy.syncs[0] >= 6, "every copy is timed after a device synchronisation"
     assert comm.inner.zeros_calls == 1, "the host buffer is taken from the arena once, then reused"
     events = []
     comm.hooks.append(lambda event, op, rank, t_s, nbytes: events.append((event, op, nbytes)))
@@ -346,17 +318,10 @@ def test_staging_counts_and_times_every_copy(fake_cupy):
     assert [e[:2] for e in events] == [("start", "stage_d2h"), ("end", "stage_d2h"),
                                        ("start", "stage_h2d"), ("end", "stage_h2d")]
     s.reset()
+    host = np.ones(4)  # host arrays pass straight through: no copy, no staging buffer
+    assert comm.allreduce(host) is host and np.array_equal(host, 3 * np.ones(4))
     assert s.as_dict() == {"d2h_copies": 0, "d2h_bytes": 0, "d2h_seconds": 0.0,
                            "h2d_copies": 0, "h2d_bytes": 0, "h2d_seconds": 0.0}
-
-
-def test_host_arrays_pass_through_without_copies(fake_cupy):
-    comm = DeviceStagingComm(Loopback())
-    x = np.ones(4)
-    assert comm.allreduce(x) is x and np.array_equal(x, 3 * np.ones(4))
-    comm.send(x, 0)
-    assert comm.staging.d2h_copies == comm.staging.h2d_copies == 0
-    assert comm.inner.zeros_calls == 0
 
 
 def test_staging_rejects_misuse(fake_cupy):

@@ -15,11 +15,11 @@ import os
 
 import numpy as np
 import pytest
+from test_device import dp_sgd_steps  # the same data-parallel SGD, run here on a real GPU
 
 import minilepton as ml
 from minilepton import backend
 from minilepton.autograd import losses
-from test_device import dp_sgd_steps  # the same data-parallel SGD, run here on a real GPU
 
 pytestmark = pytest.mark.gpu
 

@@ -160,7 +160,7 @@ class DeviceStagingComm(Communicator):
     def barrier(self) -> None:
         self.inner.barrier()
 
-    def split(self, color: int, key: int | None = None) -> "DeviceStagingComm":
+    def split(self, color: int, key: int | None = None) -> DeviceStagingComm:
         return DeviceStagingComm(self.inner.split(color, key))
 
     def zeros(self, shape, dtype=np.float32):
