@@ -1,0 +1,163 @@
+"""Model-parallel measurements: pipeline bubbles and activation memory, tensor-parallel memory
+and step time. Every figure is a median over repeated steps, runs are interleaved, and ratios
+are taken against a baseline measured in the same run.
+
+    python benchmarks/model_parallel.py pipeline   # 4 stages, 16 micro-batches, GPipe vs 1F1B
+    python benchmarks/model_parallel.py tp         # MLP 784-4096-4096-10 at tp = 1, 2, 4
+    python benchmarks/model_parallel.py figure     # figures/pipeline_gpipe_vs_1f1b.png
+
+``MINILEPTON_QUICK=1`` shrinks every setting (a smoke run, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import minilepton as ml
+from minilepton.cluster import launch
+from minilepton.parallel.memory import human_bytes
+from minilepton.parallel.schedules import bubble_fraction
+
+QUICK = os.environ.get("MINILEPTON_QUICK") == "1"
+
+
+def _pipeline_worker(comm, width, stages, micro_batches, rows, schedule, steps, trace):
+    """Train ``steps`` steps of a pipeline of ``stages`` equal Linear(width, width) layers."""
+    from minilepton.optim import SGD
+    from minilepton.parallel.model_parallel_strategy import ModelParallelStrategy
+    from minilepton.trace import Tracer
+    model = ml.nn.Sequential(*[ml.nn.Linear(width, width, rng=i) for i in range(stages)])
+    tracer = Tracer(comm.rank, max_steps=steps) if trace else None
+    strategy = ModelParallelStrategy(comm, model, lambda ps: SGD(ps, lr=1e-3), 1, 1, stages,
+                                     micro_batches, schedule, tracer)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, width)).astype(np.float32)
+    y = rng.integers(0, 10, rows)
+    bubbles = []
+    for _ in range(steps):
+        strategy.train_step(x, y, rows)
+        bubbles.append(strategy.pipe.bubble_fraction())
+    events = None
+    if tracer is not None:  # the last step only, for the Gantt chart
+        t0, t1 = tracer.steps[-1]
+        events = [e for e in tracer.events() if e["start_s"] >= t0 and e["end_s"] <= t1]
+    return {"bubble": statistics.median(bubbles[1:] or bubbles),
+            "peak_activation_bytes": strategy.pipe.meter.peak_bytes,
+            "parameter_bytes": strategy.memory_report()["parameter_bytes"], "events": events}
+
+
+def pipeline(repeats: int) -> dict:
+    stages, micro_batches = 4, (8 if QUICK else 16)
+    width, rows, steps = (128, 128, 3) if QUICK else (512, 1024, 8)
+    theory = bubble_fraction(stages, micro_batches)
+    runs = {"gpipe": [], "1f1b": []}
+    for _ in range(repeats):
+        for name in runs:  # interleaved, so drift in the machine's load hits both alike
+            runs[name].append(launch(_pipeline_worker, stages,
+                                     (width, stages, micro_batches, rows, name, steps, False)))
+    print(f"pipeline: {stages} stages × Linear({width}, {width}), {micro_batches} micro-batches "
+          f"of {rows // micro_batches} rows, {repeats} runs × {steps} steps")
+    print(f"  theory: bubble (P−1)/(M+P−1) = {theory:.3f}")
+    out = {"theory": theory}
+    for name, results in runs.items():
+        per_run = [statistics.mean(r["bubble"] for r in ranks) for ranks in results]
+        peak = [r["peak_activation_bytes"] for r in results[0]]
+        out[name] = {"bubble": statistics.median(per_run), "peak_activation_bytes": peak}
+        print(f"  {name:5s}: measured bubble {out[name]['bubble']:.3f} "
+              f"({100 * (out[name]['bubble'] - theory):+.1f} points vs theory); peak activations "
+              f"per stage {', '.join(human_bytes(p) for p in peak)}")
+    ratio = out["1f1b"]["peak_activation_bytes"][0] / out["gpipe"]["peak_activation_bytes"][0]
+    print(f"  1F1B / GPipe peak activation memory on stage 0: {ratio:.3f}")
+    return out
+
+
+def _tp_worker(comm, sizes, rows, steps):
+    from minilepton.optim import Adam
+    from minilepton.parallel.model_parallel_strategy import ModelParallelStrategy
+    strategy = ModelParallelStrategy(comm, ml.nn.mlp(sizes, seed=0), lambda ps: Adam(ps), 1,
+                                     comm.world_size, 1)
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], rows)
+    seconds = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        strategy.train_step(x, y, rows)
+        seconds.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(seconds[1:]),
+            "parameter_bytes": strategy.memory_report()["parameter_bytes"]}
+
+
+def tensor_parallel(repeats: int) -> dict:
+    sizes = [784, 512, 512, 10] if QUICK else [784, 4096, 4096, 10]
+    rows, steps = (64, 3) if QUICK else (256, 6)
+    degrees = (1, 2, 4)
+    runs = {tp: [] for tp in degrees}
+    for _ in range(repeats):
+        for tp in degrees:
+            runs[tp].append(launch(_tp_worker, tp, (sizes, rows, steps)))
+    print(f"tensor parallel: MLP {'-'.join(map(str, sizes))}, batch {rows}, Adam, float32, "
+          f"{repeats} runs × {steps} steps, {ml.backend.cpu_count()} cores")
+    out = {}
+    for tp in degrees:
+        step_s = statistics.median(max(r["step_s"] for r in ranks) for ranks in runs[tp])
+        params = [r["parameter_bytes"] for r in runs[tp][0]]
+        out[tp] = {"step_s": step_s, "parameter_bytes": params}
+    for tp in degrees:
+        print(f"  tp={tp}: parameters per rank {human_bytes(max(out[tp]['parameter_bytes']))} "
+              f"({max(out[tp]['parameter_bytes']) / out[1]['parameter_bytes'][0]:.3f} of tp=1); "
+              f"step {1e3 * out[tp]['step_s']:.1f} ms ({out[tp]['step_s'] / out[1]['step_s']:.2f}× tp=1)")
+    return out
+
+
+def figure(path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minilepton.trace import COLORS, gantt
+    stages, micro_batches = 4, 8
+    width, rows = (128, 128) if QUICK else (512, 512)
+    theory = bubble_fraction(stages, micro_batches)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+    for ax, name in zip(axes, ("gpipe", "1f1b")):
+        ranks = launch(_pipeline_worker, stages, (width, stages, micro_batches, rows, name, 3, True))
+        events = [e for r in ranks for e in r["events"]]
+        measured = statistics.mean(r["bubble"] for r in ranks)
+        peak = ranks[0]["peak_activation_bytes"]
+        gantt(ax, events, f"{'GPipe' if name == 'gpipe' else '1F1B'}: bubble measured "
+              f"{measured:.2f} (theory {theory:.2f}); stage 0 holds {human_bytes(peak)} of "
+              f"activations at peak", label="stage")
+    handles = [matplotlib.patches.Patch(color=COLORS[k], label=k)
+               for k in ("forward", "backward", "send", "recv", "collective")]
+    axes[0].legend(handles=handles, loc="upper right", fontsize=7, ncols=5)
+    fig.suptitle(f"One training step, {stages} stages × {micro_batches} micro-batches "
+                 "(numbers: micro-batch; white: idle, the bubble)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("pipeline", "tp", "figure", "all"))
+    parser.add_argument("--repeats", type=int, default=1 if QUICK else 3)
+    parser.add_argument("--out", default=os.path.join("figures", "pipeline_gpipe_vs_1f1b.png"))
+    args = parser.parse_args(argv)
+    if args.what in ("pipeline", "all"):
+        pipeline(args.repeats)
+    if args.what in ("tp", "all"):
+        tensor_parallel(args.repeats)
+    if args.what in ("figure", "all"):
+        figure(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
