@@ -178,29 +178,31 @@ def test_hypothesis_random_world_sizes_and_shapes(P, n, dtype, seed, op, rows):
 
 # ---- failures: nothing hangs, nothing is left behind
 def raising_job(comm, pid_dir):
-    _note_pid(pid_dir, comm.rank)
+    _note_pid(comm, pid_dir)
     if comm.rank == 1:
         raise ValueError("rank one cannot go on")
     comm.barrier()  # the others wait here until the abort reaches them
 
 
 def killed_job(comm, pid_dir):
-    _note_pid(pid_dir, comm.rank)
+    _note_pid(comm, pid_dir)
     if comm.rank == comm.world_size - 1:
         os.kill(os.getpid(), signal.SIGKILL)
     comm.barrier()
 
 
 def stalling_job(comm, pid_dir):
-    _note_pid(pid_dir, comm.rank)
+    _note_pid(comm, pid_dir)
     if comm.rank == 0:
         time.sleep(60)
     comm.barrier()
 
 
-def _note_pid(pid_dir, rank):
+def _note_pid(comm, pid_dir):
+    rank = comm.rank
     with open(os.path.join(pid_dir, f"{rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
+    comm.barrier()  # every rank has written its process id before any of them fails
 
 
 def _alive(pid: int) -> bool:
@@ -211,19 +213,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _job_dirs() -> set:
-    tmp = tempfile.gettempdir()
-    return {name for name in os.listdir(tmp) if name.startswith("minilepton-mpi-")}
+def _orphan_segments() -> set:
+    """/dev/shm files that no live process has mapped (what a dead job would leave)."""
+    mapped = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                mapped.update(line.split()[-1] for line in f if "/dev/shm/" in line)
+        except OSError:
+            pass
+    return {f"/dev/shm/{name}" for name in os.listdir("/dev/shm")} - mapped
 
 
-def _assert_all_gone(pid_dir, P, before_dirs):
+@pytest.fixture
+def job_tmp(tmp_path, monkeypatch):
+    """(folder for the ranks' process ids, the launcher's private temporary folder)."""
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path / "pids", tmp_path / "tmp"
+
+
+def _assert_all_gone(job_tmp, P, before_segments):
+    pid_dir, launcher_tmp = job_tmp
     pids = [int(open(os.path.join(pid_dir, name)).read()) for name in os.listdir(pid_dir)]
     assert len(pids) == P
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if _alive(p)], "a rank survived the failed job"
-    assert _job_dirs() <= before_dirs, "the job's temporary directory was left behind"
+    assert not os.listdir(launcher_tmp), "the job's temporary directory was left behind"
+    left = {p for p in _orphan_segments() - before_segments if "mpi" in p}
+    assert not left, f"the job left shared memory behind: {left}"
 
 
 @pytest.mark.timeout(30)
@@ -232,37 +253,39 @@ def _assert_all_gone(pid_dir, P, before_dirs):
     (killed_job, 2, ["rank 2", "signal 9"], {}),
     (stalling_job, None, ["within 3 s"], {"timeout_s": 3}),
 ], ids=["raise", "sigkill", "stall"])
-def test_failing_rank_aborts_the_job_and_names_it(tmp_path, job, rank, words, kwargs):
-    before = _job_dirs()
+def test_failing_rank_aborts_the_job_and_names_it(job_tmp, job, rank, words, kwargs):
+    segments = _orphan_segments()
     t0 = time.monotonic()
     with pytest.raises(_worker_error()) as info:
-        _launch(job, 3, args=(str(tmp_path),), **kwargs)
+        _launch(job, 3, args=(str(job_tmp[0]),), **kwargs)
     assert time.monotonic() - t0 < 15
     assert info.value.rank == rank
     for word in words:
         assert word in str(info.value)
-    _assert_all_gone(tmp_path, 3, before)
+    _assert_all_gone(job_tmp, 3, segments)
 
 
 @pytest.mark.timeout(30)
-def test_ctrl_c_on_the_launcher_stops_every_rank(tmp_path):
+def test_ctrl_c_on_the_launcher_stops_every_rank(job_tmp):
+    pid_dir, launcher_tmp = job_tmp
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
         import test_mpi
         from minilepton.cluster.mpi_launch import launch_mpi
         try:
-            launch_mpi(test_mpi.stalling_job, 2, ({str(tmp_path)!r},))
+            launch_mpi(test_mpi.stalling_job, 2, ({str(pid_dir)!r},))
         except KeyboardInterrupt:
             sys.exit(130)
     """)
-    before = _job_dirs()
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    segments = _orphan_segments()
+    proc = subprocess.Popen([sys.executable, "-c", code],
+                            env={**os.environ, "TMPDIR": str(launcher_tmp)})
     deadline = time.monotonic() + 20
-    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+    while len(os.listdir(pid_dir)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 130
-    _assert_all_gone(tmp_path, 2, before)
+    _assert_all_gone(job_tmp, 2, segments)
 
 
 # ---- direct runs: mpiexec -n P python ... with no launcher process
@@ -291,6 +314,7 @@ def test_direct_mpiexec_run():
 
 @pytest.mark.timeout(30)
 def test_direct_run_failure_aborts_every_rank():
+    segments = _orphan_segments()
     t0 = time.monotonic()
     out = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DIRECT, "fail"],
                          capture_output=True, text=True, timeout=25)
@@ -298,6 +322,7 @@ def test_direct_run_failure_aborts_every_rank():
     assert time.monotonic() - t0 < 20
     assert "[rank 1] RuntimeError: direct rank failed" in out.stderr
     assert "in_mpi_job" not in out.stdout  # rank 0 never got past its barrier
+    assert not {p for p in _orphan_segments() - segments if "mpi" in p}
 
 
 def test_in_mpi_job_reads_the_process_manager_environment(monkeypatch):

@@ -40,6 +40,8 @@ from ..backend import blas_threads_env, cpu_count
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _STOP_GRACE_S = 3.0
+_POLL_S = 0.01  # how often the launcher looks at mpiexec and the ranks' processes
+_MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
 
 
 def in_mpi_job() -> bool:
@@ -52,7 +54,10 @@ def world_from_mpi(algorithm: str = "ordered"):
     from ..comm.mpi import MPICommunicator  # noqa: PLC0415 - imports mpi4py, initialises MPI
     from .mpi_worker import _local_rank  # noqa: PLC0415
 
+    from .mpi_worker import mpi_segments  # noqa: PLC0415
+
     comm = MPICommunicator(None, algorithm)
+    _MPI_SEGMENTS[:] = mpi_segments()  # mapped by MPI_Init; nothing else has run yet
     os.environ.update(RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size),
                       LOCAL_RANK=str(_local_rank(comm.comm)))
     return comm
@@ -73,8 +78,11 @@ def run_direct(fn, args=(), algorithm: str = "ordered"):
 
 
 def _abort(comm, summary: str, trace: str, code: int):
+    from .mpi_worker import unlink_segments  # noqa: PLC0415
+
     sys.stderr.write(f"{trace}[rank {comm.rank}] {summary}; aborting the MPI job\n")
     sys.stderr.flush()
+    unlink_segments(_MPI_SEGMENTS)  # MPI_Abort would leave them in /dev/shm
     comm.comm.Abort(code)
 
 
@@ -134,14 +142,28 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
                      "WORLD_SIZE": str(world_size)}
         cmd = [mpiexec, "-n", str(world_size), sys.executable, "-m",
                "minilepton.cluster.mpi_worker", payload, job_dir]
-        returncode, tail = _run(cmd, child_env, job_dir, timeout_s)
-        return _collect(job_dir, world_size, returncode, tail)
+        try:
+            returncode, tail, exited = _run(cmd, child_env, job_dir, timeout_s)
+        finally:
+            _unlink_job_segments(job_dir)
+        return _collect(job_dir, world_size, returncode, tail, exited)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def _unlink_job_segments(job_dir) -> None:
+    """Unlink the MPI library's /dev/shm segments that an aborted or killed job leaves."""
+    from .mpi_worker import unlink_segments  # noqa: PLC0415
+
+    for name in os.listdir(job_dir):
+        if name.endswith(".shm"):
+            with open(os.path.join(job_dir, name)) as f:
+                unlink_segments(f.read().split())
+
+
 def _run(cmd, env, job_dir, timeout_s):
-    """Run mpiexec, echo its output, keep the last lines; stop everything on timeout/Ctrl-C."""
+    """Run mpiexec, echo its output, keep its last lines and the order in which ranks exited;
+    stop everything on timeout or Ctrl-C."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     tail = collections.deque(maxlen=40)
@@ -149,19 +171,41 @@ def _run(cmd, env, job_dir, timeout_s):
              for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
     for pump in pumps:
         pump.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pids, exited = {}, []  # rank -> pid; ranks in the order their processes ended
     try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _stop(proc, job_dir)
-        raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
-                                  f"stopped all ranks") from None
-    except BaseException:  # Ctrl-C: the ranks go with us
+        while proc.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(proc, job_dir)
+                raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
+                                          f"stopped all ranks")
+            _note_exits(job_dir, pids, exited)
+            time.sleep(_POLL_S)
+        _note_exits(job_dir, pids, exited)
+    except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
         _stop(proc, job_dir)
         raise
     finally:
         for pump in pumps:
             pump.join(timeout=_STOP_GRACE_S)
-    return proc.returncode, list(tail)
+    return proc.returncode, list(tail), exited
+
+
+def _note_exits(job_dir, pids, exited) -> None:
+    """Append to ``exited`` the set of ranks whose process has ended since the last look."""
+    pids.update(_rank_pids(job_dir))
+    seen = set().union(*exited)
+    ended = {rank for rank, pid in pids.items() if rank not in seen and not _running(pid)}
+    if ended:
+        exited.append(ended)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _pump(stream, sink, tail):
@@ -215,7 +259,7 @@ def _is_our_worker(pid: int, job_dir: str) -> bool:
         return False
 
 
-def _collect(job_dir, world_size, returncode, tail):
+def _collect(job_dir, world_size, returncode, tail, exited):
     """The ranks' return values, or WorkerError for the first rank that failed."""
     records = {}
     for rank in range(world_size):
@@ -228,17 +272,20 @@ def _collect(job_dir, world_size, returncode, tail):
         _, rank, (_, _, summary, trace) = min(errors)
         raise _worker_error(rank, f"{summary}\n{trace}")
     if returncode != 0 or len(records) < world_size:
-        raise _worker_error(*_explain_exit(job_dir, returncode, tail))
+        silent = next((ended - set(records) for ended in exited if ended - set(records)), set())
+        raise _worker_error(*_explain_exit(job_dir, returncode, tail, silent))
     return [records[rank][1] for rank in range(world_size)]
 
 
-def _explain_exit(job_dir, returncode, tail):
-    """(rank or None, message) for a job that ended without a Python exception."""
+def _explain_exit(job_dir, returncode, tail, silent):
+    """(rank or None, message) for a job that ended without a Python exception: the rank that
+    ended first without a result (``silent``: those seen ending first), else mpiexec's."""
     text = "".join(tail)
     pid = re.search(r"PID (\d+) RUNNING AT", text)
     exit_string = re.search(r"EXIT STRING: (.+)", text)
     pids = {pid: rank for rank, pid in _rank_pids(job_dir).items()}
-    rank = pids.get(int(pid.group(1))) if pid else None
+    named = pids.get(int(pid.group(1))) if pid else None
+    rank = named if named in silent or not silent else min(silent)
     cause = exit_string.group(1).strip() if exit_string else f"mpiexec exit status {returncode}"
     if returncode < 0:
         cause = f"mpiexec killed by {signal.Signals(-returncode).name}"

@@ -3,7 +3,9 @@
 ``mpiexec -n P`` starts P copies of this module. Each one
 
 1. joins MPI, sets RANK, WORLD_SIZE and LOCAL_RANK, and writes ``DIR/rank{r}.pid`` (so the
-   launcher can name a rank that dies by its process id, and kill any straggler);
+   launcher can name a rank that dies by its process id, and kill any straggler) and
+   ``DIR/rank{r}.shm``, the MPI library's shared-memory segments (a job that ends in
+   ``MPI_Abort`` or a signal leaves them in ``/dev/shm``; the launcher unlinks them);
 2. rebuilds the launcher's import state (``sys.path``, working directory, ``__main__``) the way
    ``multiprocessing``'s spawn start method does, then unpickles ``(fn, args)`` from PAYLOAD;
 3. runs ``fn(comm, *args)`` with an ``MPICommunicator`` over COMM_WORLD and writes
@@ -49,6 +51,25 @@ def setup_logging(rank: int, level: int, log_dir: str | None) -> None:
     root.setLevel(level)
 
 
+def mpi_segments() -> list[str]:
+    """Files in /dev/shm that this process has mapped (MPICH's intra-node segments); Linux."""
+    try:
+        with open("/proc/self/maps") as f:
+            fields = [line.split() for line in f]
+    except OSError:
+        return []
+    return sorted({row[-1] for row in fields if len(row) == 6 and row[-1].startswith("/dev/shm/")})
+
+
+def unlink_segments(paths) -> None:
+    """Remove shared-memory files (the ranks that mapped them keep their mappings)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _local_rank(world) -> int:
     """This rank's index among the ranks on the same node."""
     from mpi4py import MPI  # noqa: PLC0415
@@ -78,6 +99,7 @@ def run(payload_path: str, result_dir: str) -> None:
     rank, size = world.Get_rank(), world.Get_size()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(_local_rank(world)))
     write_atomic(os.path.join(result_dir, f"rank{rank}.pid"), str(os.getpid()).encode())
+    write_atomic(os.path.join(result_dir, f"rank{rank}.shm"), "\n".join(mpi_segments()).encode())
     result_path = os.path.join(result_dir, f"rank{rank}.pkl")
     try:
         with open(payload_path, "rb") as f:
