@@ -17,6 +17,7 @@ import pytest
 
 import minilepton as ml
 from minilepton import backend
+from minilepton.comm.arena import ArenaFullError
 from minilepton.comm.base import Communicator
 from minilepton.comm.device_staging import DeviceStagingComm, wrap_for_device
 
@@ -121,6 +122,9 @@ def test_without_cupy_cpu_works_gpu_says_how_to_install_auto_falls_back(no_cupy,
     with caplog.at_level("WARNING", logger="minilepton.backend"):
         assert backend.resolve_device("auto") == "cpu"
     assert "using the CPU" in caplog.text and not backend.gpu_initialised()
+    assert type(wrap_for_device(Loopback(), "auto")) is Loopback
+    with pytest.raises(backend.DeviceError, match="needs CuPy"):
+        wrap_for_device(Loopback(), "gpu")
 
 
 def test_unknown_device_is_one_clear_line():
@@ -192,8 +196,7 @@ def test_arrays_move_and_report_their_device(fake_cupy):
     g = backend.to_device(x, "gpu")
     assert isinstance(g, FakeGpuArray) and backend.device_of(g) == "gpu"
     assert backend.xp_of(g) is fake_cupy and backend.xp_of(x) is np and backend.xp_of(2.0) is np
-    back = backend.to_numpy(g)
-    assert type(back) is np.ndarray and np.array_equal(back, x)
+    assert type(backend.to_numpy(g)) is np.ndarray and np.array_equal(backend.to_numpy(g), x)
     with pytest.raises(backend.DeviceError, match="resolve 'auto' first"):
         backend.to_device(x, "auto")
     assert backend.check_same_device(g, g) == "gpu"
@@ -219,9 +222,8 @@ def test_scatter_add_counts_repeated_indices(fake_cupy):
 # ---------------------------------------------------------------- training on the stand-in
 def _train_a_few_steps(device: str, optimizer: str):
     model = ml.nn.mlp([6, 5, 3], seed=0, dtype="float64").to(device)
-    params = model.parameters()
-    opt = (ml.optim.Adam(params, lr=1e-2) if optimizer == "adam"
-           else ml.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3))
+    opt = (ml.optim.Adam(model.parameters(), lr=1e-2) if optimizer == "adam" else
+           ml.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3))
     rng = np.random.default_rng(1)
     for _ in range(3):
         x = backend.to_device(rng.standard_normal((8, 6)), device)
@@ -272,9 +274,6 @@ class Loopback(Communicator):
         x[...] = self.incoming
         return x
 
-    def barrier(self):
-        pass
-
     def split(self, color, key=None):
         return Loopback()
 
@@ -295,10 +294,12 @@ def test_staged_collectives_give_the_host_results(fake_cupy):
     y = backend.to_device(x_host, "gpu")
     assert np.array_equal(comm.broadcast(y, root=1).get(), x_host)   # this rank is the root
     assert np.array_equal(comm.broadcast(y, root=0).get(), -np.ones(6))
+    arena_buffers = comm.inner.zeros_calls  # a send or recv must not allocate collectively
     comm.send(backend.to_device(x_host, "gpu"), dst=0)
     assert np.array_equal(comm.inner.sent[0], x_host)
     comm.inner.incoming = x_host[::-1]
     assert np.array_equal(comm.recv(y, src=2).get(), x_host[::-1])
+    assert comm.inner.zeros_calls == arena_buffers
 
 
 def test_staging_counts_and_times_every_copy(fake_cupy):
@@ -333,6 +334,9 @@ def test_staging_rejects_misuse(fake_cupy):
         comm.allreduce(backend.to_device(np.ones(2), "gpu"), op="prod")
     with pytest.raises(TypeError, match="already staged"):
         DeviceStagingComm(comm)
+    comm.inner.zeros = lambda shape, dtype: (_ for _ in ()).throw(ArenaFullError("full"))
+    x = backend.to_device(np.ones(3), "gpu")  # a full arena: private host buffers instead
+    assert np.array_equal(comm.allreduce(x).get(), 3 * np.ones(3))
 
 
 def test_wrap_for_device_and_the_wrapped_protocol(fake_cupy):
@@ -346,13 +350,6 @@ def test_wrap_for_device_and_the_wrapped_protocol(fake_cupy):
     assert isinstance(sub, DeviceStagingComm) and isinstance(sub.inner, Loopback)
     assert comm.zeros_calls == 0  # unknown attributes are the inner communicator's
     comm.close()
-
-
-def test_wrap_for_device_without_a_gpu(no_cupy):
-    inner = Loopback()
-    assert wrap_for_device(inner, "auto") is inner
-    with pytest.raises(backend.DeviceError, match="needs CuPy"):
-        wrap_for_device(inner, "gpu")
 
 
 # ---------------------------------------------------------------- workers sharing a GPU

@@ -9,9 +9,11 @@ backends' fast path), runs the wrapped collective on that buffer, and copies the
 
 Every copy is counted and timed (``staging``: copies, bytes and seconds in each direction), so
 a learner can see what a GPU without a direct GPU-to-GPU link pays per step. NumPy arrays pass
-straight through, uncopied. Host buffers are kept per (dtype, element count) and reused, which
-relies on the wrapped ``send`` returning only once its buffer may be reused (blocking send, as
-in both backends). A direct NCCL path would skip both copies; this staged path works on any
+straight through, uncopied. Host buffers are kept per (dtype, element count) and reused. The
+arena ones are allocated collectively (every rank of the group calls ``comm.zeros`` in the same
+order, which holds because every rank makes the same collectives); point-to-point copies use
+private buffers instead, since only two ranks take part, and rely on the wrapped ``send``
+returning only once its buffer may be reused (a blocking send, as in both backends). A direct NCCL path would skip both copies; this staged path works on any
 number of GPUs, including several workers sharing one.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
+from .arena import ArenaFullError
 from .base import Communicator
 
 
@@ -63,24 +66,30 @@ class DeviceStagingComm(Communicator):
         self.stats = inner.stats
         self.hooks = inner.hooks
         self.staging = StagingStats()
-        self._buffers: dict = {}  # (dtype str, element count) -> flat host arena array
+        self._buffers: dict = {}  # (shared?, dtype str, element count) -> flat host array
 
     # ---- the copies
-    def _host_buffer(self, x) -> np.ndarray:
-        """A host arena array of x's shape and dtype, reused across calls."""
-        key = (np.dtype(x.dtype).str, int(x.size))
+    def _host_buffer(self, x, shared: bool = True) -> np.ndarray:
+        """A host array of x's shape and dtype, reused across calls: from the arena for a
+        collective (``shared``; every rank allocates it), private for a send or a recv."""
+        n, dtype = int(x.size), np.dtype(x.dtype)
+        key = (shared, dtype.str, n)
         flat = self._buffers.get(key)
         if flat is None:
-            flat = self._buffers[key] = self.inner.zeros((int(x.size),), np.dtype(x.dtype))
+            try:
+                flat = self.inner.zeros((n,), dtype) if shared else np.empty(n, dtype)
+            except ArenaFullError:  # raised on every rank alike: all fall back together
+                flat = np.empty(n, dtype)
+            self._buffers[key] = flat
         return flat.reshape(x.shape)
 
     def _fire(self, event: str, op: str, t_s: float, nbytes: int) -> None:
         for hook in self.hooks:
             hook(event, op, self.rank, t_s, nbytes)
 
-    def _to_host(self, x) -> np.ndarray:
+    def _to_host(self, x, shared: bool = True) -> np.ndarray:
         """D2H: x (on the GPU) copied into its host buffer, timed once queued work is done."""
-        host = self._host_buffer(x)
+        host = self._host_buffer(x, shared)
         backend.synchronize()  # the kernels that produced x are not part of the copy
         t0 = time.perf_counter()
         self._fire("start", "stage_d2h", t0, x.nbytes)
@@ -148,12 +157,12 @@ class DeviceStagingComm(Communicator):
     def send(self, x, dst: int) -> None:
         if not self._on_gpu(x, "send"):
             return self.inner.send(x, dst)
-        self.inner.send(self._to_host(x), dst)
+        self.inner.send(self._to_host(x, shared=False), dst)
 
     def recv(self, x, src: int):
         if not self._on_gpu(x, "recv"):
             return self.inner.recv(x, src)
-        host = self._host_buffer(x)
+        host = self._host_buffer(x, shared=False)
         self.inner.recv(host, src)
         return self._to_device(host, out=x)
 
