@@ -15,8 +15,17 @@ import argparse
 import sys
 
 from . import __version__
-from .config import (BACKENDS, BALANCES, DATASETS, DEVICES, DTYPES, LINKS, OPTIMIZERS, SCHEDULES,
-                     TrainConfig)
+from .config import (
+    BACKENDS,
+    BALANCES,
+    DATASETS,
+    DEVICES,
+    DTYPES,
+    LINKS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+)
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("minilepton: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line unless --debug
+    except Exception as exc:  # every failure becomes one line unless --debug
         if debug:
             raise
         expected = isinstance(exc, _expected_errors())

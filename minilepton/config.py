@@ -26,7 +26,7 @@ def _flag(name: str) -> str:
 
 
 def parse_compress(spec: str) -> tuple[str, float]:
-    """``"none"`` / ``"fp16"`` / ``"topk:0.01"`` -> ``(kind, fraction)`` (fraction 1.0 unless topk)."""
+    """``"none"`` / ``"fp16"`` / ``"topk:0.01"`` -> ``(kind, fraction)`` (1.0 unless topk)."""
     if spec in ("none", "fp16"):
         return spec, 1.0
     kind, _, value = spec.partition(":")
@@ -115,7 +115,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {value!r}")
+                raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}, "
+                                 f"not {value!r}")
         for name in ("epochs", "batch_size", "dp", "tp", "pp", "micro_batches", "sync_every",
                      "bucket_bytes"):
             value = getattr(self, name)
@@ -155,7 +156,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Inverse of ``as_dict``; unknown keys raise ValueError."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)

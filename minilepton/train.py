@@ -28,8 +28,16 @@ from .strategy import SingleProcess, StepStats
 N_FEATURES, N_CLASSES = 784, 10  # 28×28 images, 10 classes (MNIST and Fashion-MNIST)
 PROGRESS_MIN_BATCHES = 200       # a progress bar only for epochs longer than this
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "build_model", "build_optimizer", "load_arrays",
-           "fit", "train", "format_epoch"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainConfig",
+    "build_model",
+    "build_optimizer",
+    "fit",
+    "format_epoch",
+    "load_arrays",
+    "train",
+]
 
 
 class NonFiniteLossError(ValueError):
@@ -70,11 +78,17 @@ def _checkpoint_rank(strategy):
     return None if getattr(strategy, "replicated_state", True) else getattr(strategy, "rank", 0)
 
 
-def _layout_key(cfg: TrainConfig) -> dict:
-    """Settings a checkpoint must agree with to be resumed (the rest may change)."""
-    return {"dataset": cfg.dataset, "hidden": list(cfg.hidden), "optimizer": cfg.optimizer,
-            "dtype": cfg.dtype, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "world_size": cfg.world_size, "dp": cfg.dp, "tp": cfg.tp, "pp": cfg.pp}
+def _layout_key(cfg: TrainConfig, strategy) -> dict:
+    """Settings a checkpoint must agree with to be resumed (the rest may change).
+
+    A replicated state (one process, data parallel) resumes on any number of workers; a
+    sharded one (tensor / pipeline parallel) only on the same rank grid.
+    """
+    key = {"dataset": cfg.dataset, "hidden": list(cfg.hidden), "optimizer": cfg.optimizer,
+           "dtype": cfg.dtype, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    if _checkpoint_rank(strategy) is not None:
+        key.update(world_size=cfg.world_size, dp=cfg.dp, tp=cfg.tp, pp=cfg.pp)
+    return key
 
 
 def _resume(strategy, cfg: TrainConfig, log) -> tuple[int, list]:
@@ -84,7 +98,7 @@ def _resume(strategy, cfg: TrainConfig, log) -> tuple[int, list]:
         log(f"no checkpoint in {cfg.checkpoint_dir}; starting from epoch 1")
         return 0, []
     epoch, state, meta = load_checkpoint(path)
-    expected = _layout_key(cfg)
+    expected = _layout_key(cfg, strategy)
     for key, value in meta.get("layout", {}).items():
         if expected.get(key) != value:
             raise ValueError(f"checkpoint {path} was written with {key}={value!r}, "
@@ -166,8 +180,8 @@ def fit(strategy, x_train, y_train, x_test, y_test, cfg: TrainConfig, log=None) 
         if cfg.checkpoint_dir:
             rank = _checkpoint_rank(strategy)
             if rank is not None or strategy.is_main:
-                save_checkpoint(cfg.checkpoint_dir, epoch, strategy.state_dict(),
-                                {"layout": _layout_key(cfg), "history": history}, rank=rank)
+                meta = {"layout": _layout_key(cfg, strategy), "history": history}
+                save_checkpoint(cfg.checkpoint_dir, epoch, strategy.state_dict(), meta, rank=rank)
     if start >= cfg.epochs:  # resumed a finished run: nothing trained, evaluate once
         val = strategy.evaluate(x_test, y_test)
     metrics = {

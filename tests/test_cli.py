@@ -18,7 +18,7 @@ from minilepton import bench, cli
 
 def run_cli(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "minilepton", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.timeout(60)

@@ -26,7 +26,8 @@ def load(name: str):
         known = ", ".join(names()) or "none installed"
         raise ValueError(f"unknown benchmark {name!r}; available: {known}")
     module = importlib.import_module(f"{__name__}.{name}")
-    missing = [attr for attr in ("add_arguments", "run") if not callable(getattr(module, attr, None))]
+    missing = [attr for attr in ("add_arguments", "run")
+               if not callable(getattr(module, attr, None))]
     if missing:
         raise ValueError(f"benchmark {name!r} does not define {' and '.join(missing)}")
     return module

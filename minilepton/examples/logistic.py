@@ -28,13 +28,13 @@ ARTICLE = {"y_hat": 0.732, "loss": 0.365, "dL_dw": None, "dL_db": None, "w_new":
 
 ERRATA = [
     ("y_hat", "σ(1) = 1/(1 + e⁻¹) = 0.7310586, which rounds to 0.731, not 0.732."),
-    ("loss", "L = −ln ŷ = 0.3132617. Even the article's own ŷ = 0.732 gives −ln 0.732 = 0.3120; "
-             "0.365 follows from neither."),
-    ("dL_dw", "The article flips the sign: ∂L/∂w = (ŷ − y)·x = −0.2689 is negative because "
-              "ŷ < y (raising w lowers the loss), so gradient descent must increase w."),
-    ("w_new", "w' = w − η·∂L/∂w = 1 + 0.01 × 0.2689 = 1.0026894. A step of η = 0.01 with "
-              "|∂L/∂w| < 1 moves w by under 0.01, so w' = 0.732 cannot come from this update; "
-              "it repeats the (rounded) ŷ."),
+    ("loss", ("L = −ln ŷ = 0.3132617. Even the article's own ŷ = 0.732 gives −ln 0.732 = "
+              "0.3120; 0.365 follows from neither.")),
+    ("dL_dw", ("The article flips the sign: ∂L/∂w = (ŷ − y)·x = −0.2689 is negative because "
+               "ŷ < y (raising w lowers the loss), so gradient descent must increase w.")),
+    ("w_new", ("w' = w − η·∂L/∂w = 1 + 0.01 × 0.2689 = 1.0026894. A step of η = 0.01 with "
+               "|∂L/∂w| < 1 moves w by under 0.01, so w' = 0.732 cannot come from this "
+               "update; it repeats the (rounded) ŷ.")),
 ]
 
 LABELS = {"y_hat": "ŷ = σ(w·x + b)", "loss": "L = BCE(ŷ, y)", "dL_dw": "∂L/∂w",
@@ -62,7 +62,8 @@ def worked_example(x=1.0, y=1.0, w=1.0, b=0.0, lr=0.01) -> dict:
     loss = nn.functional.binary_cross_entropy(y_hat, np.array([[y]]))
     optimizer.zero_grad()
     loss.backward()
-    grads = {"dL_dw": float(weight.grad.reshape(-1)[0]), "dL_db": float(bias.grad.reshape(-1)[0])}
+    grads = {"dL_dw": float(weight.grad.reshape(-1)[0]),
+             "dL_db": float(bias.grad.reshape(-1)[0])}
     optimizer.step()
     return {"y_hat": y_hat.item(), "loss": loss.item(), **grads,
             "w_new": weight.item(), "b_new": bias.item()}
