@@ -58,8 +58,8 @@ def pipeline(repeats: int) -> dict:
     theory = bubble_fraction(stages, micro_batches)
     runs = {"gpipe": [], "1f1b": []}
     for _ in range(repeats):
-        for name in runs:  # interleaved, so drift in the machine's load hits both alike
-            runs[name].append(launch(_pipeline_worker, stages,
+        for name, results in runs.items():  # interleaved: drift in the load hits both alike
+            results.append(launch(_pipeline_worker, stages,
                                      (width, stages, micro_batches, rows, name, steps, False)))
     print(f"pipeline: {stages} stages × Linear({width}, {width}), {micro_batches} micro-batches "
           f"of {rows // micro_batches} rows, {repeats} runs × {steps} steps")
@@ -110,9 +110,10 @@ def tensor_parallel(repeats: int) -> dict:
         params = [r["parameter_bytes"] for r in runs[tp][0]]
         out[tp] = {"step_s": step_s, "parameter_bytes": params}
     for tp in degrees:
-        print(f"  tp={tp}: parameters per rank {human_bytes(max(out[tp]['parameter_bytes']))} "
-              f"({max(out[tp]['parameter_bytes']) / out[1]['parameter_bytes'][0]:.3f} of tp=1); "
-              f"step {1e3 * out[tp]['step_s']:.1f} ms ({out[tp]['step_s'] / out[1]['step_s']:.2f}× tp=1)")
+        params, step_s = max(out[tp]["parameter_bytes"]), out[tp]["step_s"]
+        print(f"  tp={tp}: parameters per rank {human_bytes(params)} "
+              f"({params / out[1]['parameter_bytes'][0]:.3f} of tp=1); step "
+              f"{1e3 * step_s:.1f} ms ({step_s / out[1]['step_s']:.2f}× tp=1)")
     return out
 
 
@@ -127,7 +128,8 @@ def figure(path: str) -> None:
     theory = bubble_fraction(stages, micro_batches)
     fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
     for ax, name in zip(axes, ("gpipe", "1f1b")):
-        ranks = launch(_pipeline_worker, stages, (width, stages, micro_batches, rows, name, 3, True))
+        ranks = launch(_pipeline_worker, stages,
+                       (width, stages, micro_batches, rows, name, 3, True))
         events = [e for r in ranks for e in r["events"]]
         measured = statistics.mean(r["bubble"] for r in ranks)
         peak = ranks[0]["peak_activation_bytes"]

@@ -81,7 +81,7 @@ class Tracer:
 
 
 class _Span:
-    __slots__ = ("tracer", "name", "args", "t0")
+    __slots__ = ("args", "name", "t0", "tracer")
 
     def __init__(self, tracer, name, args):
         self.tracer, self.name, self.args = tracer, name, args
@@ -97,7 +97,7 @@ class _Span:
 
 
 class _Step:
-    __slots__ = ("tracer", "t0")
+    __slots__ = ("t0", "tracer")
 
     def __init__(self, tracer):
         self.tracer = tracer

@@ -1,9 +1,8 @@
 """Pipeline schedules are pure plans: checked here without any process."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from minilepton.parallel.schedules import (BACKWARD, FORWARD, bubble_fraction, diagram, gpipe,
                                             in_flight, one_f_one_b, plan_bubble, schedule)

@@ -40,7 +40,7 @@ def test_spans_hooks_and_idle_gaps():
     assert names.count("idle") >= 2 and all(e["rank"] == 3 for e in events)
     idle = [e for e in events if e["name"] == "idle"]
     assert all(e["end_s"] > e["start_s"] for e in idle)
-    assert [e["args"] for e in events if e["name"] == "allreduce"][0] == {"bytes": 64}
+    assert next(e["args"] for e in events if e["name"] == "allreduce") == {"bytes": 64}
     assert 0 < busy_fraction(events, 3) < 1
     assert category("allreduce") == "collective" and category("recv") == "recv"
 

@@ -29,7 +29,8 @@ from ..autograd import Tensor
 def shard_range(n: int, parts: int, index: int) -> slice:
     """Columns of an axis of length ``n`` that part ``index`` of ``parts`` owns (near-even)."""
     if parts > n:
-        raise ValueError(f"cannot shard {n} features over {parts} ranks (more shards than features)")
+        raise ValueError(f"cannot shard {n} features over {parts} ranks "
+                         "(more shards than features)")
     base, extra = divmod(n, parts)
     start = index * base + min(index, extra)
     return slice(start, start + base + (1 if index < extra else 0))
@@ -78,10 +79,11 @@ def scatter_to_group(x: Tensor, comm) -> Tensor:
 
 
 def gather_from_group(x: Tensor, comm, features: int) -> Tensor:
-    """y = [x_0 | … | x_{P−1}] (``features`` columns in all);  ∂x = this rank's columns of g."""
+    """y = [x_0 | … | x_{P−1}] (``features`` columns);  ∂x = this rank's columns of g."""
     cols = shard_range(features, comm.world_size, comm.rank)
-    if x.shape[-1] != cols.stop - cols.start:
+    width = cols.stop - cols.start
+    if x.shape[-1] != width:
         raise ValueError(f"rank {comm.rank} holds {x.shape[-1]} columns, but its shard of "
-                         f"{features} features over {comm.world_size} ranks has {cols.stop - cols.start}")
+                         f"{features} features over {comm.world_size} ranks has {width}")
     full = _allgather_last(comm, x.data, features)
     return Tensor._make(full, (x,), lambda g: (np.ascontiguousarray(g[..., cols]),))

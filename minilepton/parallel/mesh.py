@@ -65,9 +65,9 @@ class Mesh:
 def check_layout(cfg, sizes) -> int:
     """Raise ValueError (one line) unless ``cfg``'s dp × tp × pp layout fits the MLP ``sizes``.
 
-    Checks: the degrees multiply to the world size; no more pipeline stages than layers; no
-    more tensor shards than the features of any sharded layer; the micro-batches divide each
-    data-parallel shard of the batch. Returns the world size.
+    Checks: the degrees multiply to the world size; the device is the CPU; no more pipeline
+    stages than layers; no more tensor shards than the features of any sharded layer; the
+    micro-batches divide each data-parallel shard of the batch. Returns the world size.
     """
     from .pipeline import partition_sizes  # noqa: PLC0415 - keeps mesh importable alone
 
@@ -76,6 +76,9 @@ def check_layout(cfg, sizes) -> int:
     if cfg.workers is not None and cfg.workers != world:
         raise ValueError(f"--workers {cfg.workers} does not match --dp {dp} × --tp {tp} × "
                          f"--pp {pp} = {world}")
+    if getattr(cfg, "device", "cpu") == "gpu" and tp * pp > 1:
+        raise ValueError("tensor and pipeline parallelism move NumPy arrays between worker "
+                         "processes; use --device cpu with --tp/--pp")
     layers = len(sizes) - 1
     if pp > layers:
         raise ValueError(f"--pp {pp} asks for more pipeline stages than the model's {layers} "

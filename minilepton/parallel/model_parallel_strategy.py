@@ -116,7 +116,7 @@ class ModelParallelStrategy(Strategy):
         """Totals over the data group (tensor and pipeline ranks already share their stats)."""
         totals = np.array([stats.loss_sum, stats.correct, stats.count], dtype=np.float64)
         self.mesh.dp_comm.allreduce(totals, op="sum")
-        return StepStats(float(totals[0]), int(round(totals[1])), int(round(totals[2])))
+        return StepStats(float(totals[0]), round(totals[1]), round(totals[2]))
 
     def evaluate(self, x, y, batch_size: int = 1024) -> StepStats:
         """Each data replica scores a contiguous slice; totals summed over the data group."""

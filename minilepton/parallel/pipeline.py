@@ -93,7 +93,7 @@ def split_stages(model: Sequential, stages: int, costs=None) -> list:
 
 
 def partition_sizes(sizes, stages: int) -> list:
-    """For an MLP ``sizes``: each stage's Linear shapes [(n_in, n_out), …] (by parameter count)."""
+    """Each stage's Linear shapes [(n_in, n_out), …] for an MLP ``sizes`` (by parameters)."""
     shapes = list(zip(sizes[:-1], sizes[1:]))
     cuts = partition([a * b + b for a, b in shapes], stages)
     return [shapes[a:b] for a, b in cuts]

@@ -21,7 +21,8 @@ stage 1 .. F0 B0 F1 B1 F2 B2 F3 B3 ..
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 FORWARD, BACKWARD = "forward", "backward"
 
@@ -104,7 +105,8 @@ SCHEDULES = {"gpipe": gpipe, "1f1b": one_f_one_b}
 def schedule(name: str, micro_batches: int, stages: int) -> list:
     """The plan of the schedule called ``name`` ("gpipe" or "1f1b") as a list of ops."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown pipeline schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown pipeline schedule {name!r}; "
+                         f"choose one of {', '.join(SCHEDULES)}")
     return list(SCHEDULES[name](micro_batches, stages))
 
 

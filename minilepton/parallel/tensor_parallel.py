@@ -106,7 +106,7 @@ def parallelize_mlp(model: Sequential, comm) -> Sequential:
     linear_at = [i for i, (_, m) in enumerate(items) if isinstance(m, Linear)]
     out = {}
     for k, i in enumerate(linear_at):
-        name, layer = items[i]
+        layer = items[i][1]
         if k % 2 == 0:
             last = k == len(linear_at) - 1
             out[i] = ColumnParallelLinear(layer, comm, gather_output=last)
