@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEVICES = ("cpu", "gpu", "auto")
 _default_dtype = np.dtype(np.float32)
 _cupy = None  # the cupy module once a GPU has been asked for
+_said_auto_is_cpu = False  # "--device auto: ... using the CPU" is said once per process
 
 
 class DeviceError(RuntimeError):
@@ -87,10 +88,19 @@ def resolve_device(device: str = "cpu") -> str:
     if device == "gpu":
         _import_cupy()
         return "gpu"
-    if gpu_available():
+    try:
+        _import_cupy()
         return "gpu"
-    log.warning("--device auto: no usable GPU (CuPy missing or no CUDA device); using the CPU")
-    return "cpu"
+    except DeviceError as exc:
+        _say_auto_is_cpu(str(exc))
+        return "cpu"
+
+
+def _say_auto_is_cpu(reason: str) -> None:
+    global _said_auto_is_cpu
+    if not _said_auto_is_cpu:
+        _said_auto_is_cpu = True
+        log.warning("--device auto: no usable GPU (%s); using the CPU", reason)
 
 
 def namespace(device: str = "cpu"):
@@ -218,7 +228,7 @@ def resolve_device_in_launcher(device: str = "cpu") -> str:
         return "gpu"
     if device == "gpu":
         raise DeviceError(f"--device gpu: no usable GPU ({reason})")
-    log.warning("--device auto: no usable GPU (%s); using the CPU", reason)
+    _say_auto_is_cpu(reason)
     return "cpu"
 
 

@@ -111,6 +111,7 @@ def fake_cupy(monkeypatch):
 def no_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
     monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_said_auto_is_cpu", False)
 
 
 # ---------------------------------------------------------------- choosing a device
@@ -120,8 +121,8 @@ def test_without_cupy_cpu_works_gpu_says_how_to_install_auto_falls_back(no_cupy,
         backend.resolve_device("gpu")
     assert "\n" not in str(info.value) and "pip install 'minilepton[gpu]'" in str(info.value)
     with caplog.at_level("WARNING", logger="minilepton.backend"):
-        assert backend.resolve_device("auto") == "cpu"
-    assert "using the CPU" in caplog.text and not backend.gpu_initialised()
+        assert backend.resolve_device("auto") == backend.resolve_device("auto") == "cpu"
+    assert caplog.text.count("using the CPU") == 1 and not backend.gpu_initialised()
     assert type(wrap_for_device(Loopback(), "auto")) is Loopback
     with pytest.raises(backend.DeviceError, match="needs CuPy"):
         wrap_for_device(Loopback(), "gpu")
