@@ -32,7 +32,13 @@ _said_auto_is_cpu = False  # "--device auto: ... using the CPU" is said once per
 
 
 class DeviceError(RuntimeError):
-    """A device was asked for that this machine cannot give, or arrays of two devices met."""
+    """A device was asked for that this machine cannot give, or arrays of two devices met.
+
+    ``reason``: the cause alone (no advice), for messages such as ``--device auto``'s."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def default_dtype() -> np.dtype:
@@ -57,9 +63,9 @@ def _import_cupy():
     try:
         import cupy  # noqa: PLC0415 - optional, and must not be imported before it is wanted
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
-        raise DeviceError(
-            f"--device gpu needs CuPy (pip install 'minilepton[gpu]'): {exc.__class__.__name__}: {exc}"
-        ) from None
+        why = f"{exc.__class__.__name__}: {exc}"
+        raise DeviceError(f"--device gpu needs CuPy (pip install 'minilepton[gpu]'): {why}",
+                          reason=f"CuPy does not import: {why}") from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
@@ -92,7 +98,7 @@ def resolve_device(device: str = "cpu") -> str:
         _import_cupy()
         return "gpu"
     except DeviceError as exc:
-        _say_auto_is_cpu(str(exc))
+        _say_auto_is_cpu(exc.reason)
         return "cpu"
 
 
