@@ -52,9 +52,10 @@ def _pipeline_worker(comm, width, stages, micro_batches, rows, schedule, steps, 
             "parameter_bytes": strategy.memory_report()["parameter_bytes"], "events": events}
 
 
-def pipeline(repeats: int) -> dict:
-    stages, micro_batches = 4, (8 if QUICK else 16)
-    width, rows, steps = (128, 128, 3) if QUICK else (512, 1024, 8)
+def pipeline(repeats: int, stages: int = 4, micro_batches: int = 16, width: int = 512,
+             rows: int = 1024, steps: int = 8) -> dict:
+    if QUICK:
+        micro_batches, width, rows, steps = 8, 128, 128, 3
     theory = bubble_fraction(stages, micro_batches)
     runs = {"gpipe": [], "1f1b": []}
     for _ in range(repeats):
@@ -62,7 +63,8 @@ def pipeline(repeats: int) -> dict:
             results.append(launch(_pipeline_worker, stages,
                                      (width, stages, micro_batches, rows, name, steps, False)))
     print(f"pipeline: {stages} stages × Linear({width}, {width}), {micro_batches} micro-batches "
-          f"of {rows // micro_batches} rows, {repeats} runs × {steps} steps")
+          f"of {rows // micro_batches} rows, {repeats} runs × {steps} steps, "
+          f"{ml.backend.cpu_count()} cores")
     print(f"  theory: bubble (P−1)/(M+P−1) = {theory:.3f}")
     out = {"theory": theory}
     for name, results in runs.items():
@@ -150,10 +152,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("pipeline", "tp", "figure", "all"))
     parser.add_argument("--repeats", type=int, default=1 if QUICK else 3)
+    parser.add_argument("--stages", type=int, default=4, help="pipeline: stages (= workers)")
+    parser.add_argument("--micro-batches", type=int, default=16, help="pipeline: M")
+    parser.add_argument("--width", type=int, default=512, help="pipeline: Linear(width, width)")
+    parser.add_argument("--rows", type=int, default=1024, help="pipeline: batch size")
     parser.add_argument("--out", default=os.path.join("figures", "pipeline_gpipe_vs_1f1b.png"))
     args = parser.parse_args(argv)
     if args.what in ("pipeline", "all"):
-        pipeline(args.repeats)
+        pipeline(args.repeats, args.stages, args.micro_batches, args.width, args.rows)
     if args.what in ("tp", "all"):
         tensor_parallel(args.repeats)
     if args.what in ("figure", "all"):
