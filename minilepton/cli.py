@@ -5,8 +5,9 @@
     minilepton example logistic [--json]
     minilepton bench NAME [options]
 
-Bad input ends the run with one line on stderr, ``minilepton: error: ...``, and exit status 2
-(1 for failures during a run); ``--debug`` shows the traceback instead. Ctrl-C exits 130.
+Bad input (a ValueError, DataError, DeviceError or OSError from anywhere) ends the run with one
+line on stderr, ``minilepton: error: ...``, and exit status 2; any other failure also gives one
+line, with status 1. ``--debug`` shows the traceback instead. Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -184,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
         if not expected:
             message = f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)"
         print(f"minilepton: error: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
+        return EXIT_USAGE if expected else EXIT_FAILURE

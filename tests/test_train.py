@@ -207,3 +207,26 @@ def test_a_corrupt_checkpoint_is_a_value_error(tmp_path):
     (tmp_path / "epoch_0001.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "epoch_0001.npz")
+
+
+class Shard(SingleProcess):
+    """A strategy whose state is one rank's shard (as in tensor / pipeline parallelism)."""
+
+    replicated_state = False
+    rank = 1
+
+
+def test_sharded_state_is_checkpointed_per_rank_and_resumed(small, tmp_path):
+    cfg = quiet(epochs=1, checkpoint_dir=str(tmp_path))
+    model = build_model(cfg)
+    fit(Shard(model, build_optimizer(cfg, model.parameters())), *small, cfg)
+    assert os.listdir(tmp_path) == ["epoch_0001.rank01.npz"]
+    resumed = quiet(epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    fresh = build_model(resumed)
+    strategy = Shard(fresh, build_optimizer(resumed, fresh.parameters()))
+    metrics = fit(strategy, *small, resumed)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert list_checkpoints(tmp_path, rank=1) == [1, 2] and list_checkpoints(tmp_path) == []
+    with pytest.raises(ValueError, match="world_size"):
+        fit(Shard(fresh, build_optimizer(resumed, fresh.parameters())), *small,
+            quiet(epochs=3, checkpoint_dir=str(tmp_path), resume=True, dp=2))
