@@ -117,6 +117,7 @@ class PipelineParallel:
         self.tracer = tracer
         self.meter = ActivationMeter()
         self.last_seconds = {"wall": 0.0, "compute": 0.0}
+        self._plans: dict = {}
 
     @property
     def is_first(self) -> bool:
@@ -129,16 +130,22 @@ class PipelineParallel:
     def _span(self, name, **args):
         return self.tracer.span(name, **args) if self.tracer else _NULL
 
+    def _plan(self, micro_batches: int) -> dict:
+        """The schedule as {step: {stage: op}} (computed once per micro-batch count)."""
+        if micro_batches not in self._plans:
+            by_step = {}
+            for op in schedule(self.schedule_name, micro_batches, self.stages):
+                by_step.setdefault(op.step, {})[op.stage] = op
+            self._plans[micro_batches] = by_step
+        return self._plans[micro_batches]
+
     def train_step(self, x, y, global_batch_size: int) -> StepStats:
         """Forward and backward of every micro-batch by the schedule; gradients accumulate in
         the stage's parameters (not cleared here). Returns the batch's stats on every stage."""
         M = min(self.micro_batches, len(x))
         bounds = np.linspace(0, len(x), M + 1).astype(int)
         dtype = self.module.parameters()[0].dtype
-        plan = schedule(self.schedule_name, M, self.stages)
-        by_step = {}
-        for op in plan:
-            by_step.setdefault(op.step, {})[op.stage] = op
+        by_step = self._plan(M)
         inbox, stash = {}, {}
         stats = np.zeros(3)  # loss_sum, correct, count (filled on the last stage)
         compute_s, t_start = 0.0, time.perf_counter()
