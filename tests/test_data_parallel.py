@@ -253,9 +253,10 @@ def test_data_parallel_equals_one_process_over_mpi():
 
 
 def variants_worker(comm, x, y):
-    """Local SGD k=1, dynamic balancing on unequal simulated speeds, and plain DP, same data."""
+    """Plain DP, local SGD k=1, dynamic balancing on unequal simulated speeds, and all-reduces
+    overlapped with backward, on the same data."""
     out = {}
-    configs = {"plain": {}, "local_sgd_1": {"sync_every": 1},
+    configs = {"plain": {}, "local_sgd_1": {"sync_every": 1}, "overlap": {"overlap": True},
                "dynamic": {"node_speeds": [1.0, 0.5, 1.0][:comm.world_size], "balance": "dynamic"}}
     for name, kw in configs.items():
         ml.backend.set_default_dtype("float64")
@@ -271,7 +272,7 @@ def variants_worker(comm, x, y):
 
 
 @pytest.mark.timeout(60)
-def test_local_sgd_k1_and_load_balancing_keep_the_global_mean_update():
+def test_local_sgd_k1_balancing_and_overlap_keep_the_global_mean_update():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 5)), rng.integers(0, 3, 60)
     first, again = (launch(variants_worker, 3, (x, y)) for _ in range(2))
@@ -280,12 +281,13 @@ def test_local_sgd_k1_and_load_balancing_keep_the_global_mean_update():
     for b in DataLoader(x, y, 12, seed=2).epoch_indices(0):
         single.train_step(x[b], y[b], len(b))
     ref = single.full_parameters()
-    for name in ("plain", "local_sgd_1", "dynamic"):
+    for name in ("plain", "local_sgd_1", "dynamic", "overlap"):
         for key, value in ref.items():
             np.testing.assert_allclose(first[0][name][0][key], value, rtol=1e-10, atol=1e-12)
     for key in ref:  # same seed and world size: the same bits, run after run and on every rank
         assert np.array_equal(first[0]["plain"][0][key], again[0]["plain"][0][key])
         assert np.array_equal(first[2]["plain"][0][key], first[0]["plain"][0][key])
+        assert np.array_equal(first[1]["overlap"][0][key], first[0]["plain"][0][key])
     assert first[0]["plain"][1] == [4] * 5  # 12 samples over 3 ranks
 
 

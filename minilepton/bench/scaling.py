@@ -38,12 +38,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bucket-bytes", type=int, default=1 << 22)
     parser.add_argument("--compress", default="none",
                         help="gradient encodings to compare, e.g. none,fp16,topk:0.01")
+    parser.add_argument("--overlap", default="off", choices=("off", "on", "both"),
+                        help="all-reduce buckets on a thread while backward runs")
     parser.add_argument("--json", default="benchmarks/scaling_dp.json", help="results file")
     parser.add_argument("--figure", default="figures/speedup_dp.png",
                         help="speedup plot ('' for none)")
 
 
-def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, compress):
+def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, compress,
+            overlap=False):
     """Time ``steps`` training steps on synthetic data; rank 0 returns the medians."""
     from .. import nn, optim  # noqa: PLC0415
     from ..parallel.data_parallel import DataParallelStrategy  # noqa: PLC0415
@@ -53,7 +56,8 @@ def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, c
     model = nn.mlp(sizes, seed=0)
     opt = optim.SGD(model.parameters(), lr=1e-3) if optimizer == "sgd" else optim.Adam(
         model.parameters(), lr=1e-4)
-    strat = DataParallelStrategy(comm, model, opt, bucket_bytes=bucket_bytes, compress=compress)
+    strat = DataParallelStrategy(comm, model, opt, bucket_bytes=bucket_bytes, compress=compress,
+                                 overlap=overlap)
     batch = np.arange(global_batch)
     times, sync_s, sync_bytes = [], [], []
     for step in range(warmup + steps):
@@ -107,6 +111,9 @@ def run(args) -> int:
         raise ValueError("--workers, --batch-size and --steps must be positive")
     sizes = [784, *hidden, 10]
     encodings = args.compress.split(",")
+    if args.overlap != "off":  # each variant is an (encoding, overlap) pair, named for the table
+        encodings = [f"{c}+overlap" if on else c for c in encodings
+                     for on in ((False, True) if args.overlap == "both" else (True,))]
     samples = {(c, p): [] for c in encodings for p in workers}
     for rnd in range(args.rounds):
         for compress in encodings:
@@ -114,8 +121,10 @@ def run(args) -> int:
                 batch = args.batch_size * p if args.weak else args.batch_size
                 if batch < p:
                     raise ValueError(f"--batch-size {batch} is smaller than {p} workers")
+                encoding, _, overlap = compress.partition("+")
                 out = launch(_worker, p, args=(sizes, batch, args.optimizer, args.steps,
-                                               args.warmup, args.bucket_bytes, compress),
+                                               args.warmup, args.bucket_bytes, encoding,
+                                               overlap == "overlap"),
                              backend=args.backend, blas_threads=args.blas_threads)[0]
                 samples[(compress, p)].append(out)
                 print(f"round {rnd + 1}/{args.rounds} {compress:>9} P={p}: "

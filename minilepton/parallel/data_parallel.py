@@ -50,17 +50,34 @@ def bucket_layout(nbytes, dtypes, bucket_bytes: int) -> list[list[int]]:
     return buckets
 
 
+class _NotifyingGrad(np.ndarray):
+    """A bucket view that calls ``on_add()`` after backward adds a gradient into it (overlap)."""
+
+    def __array_finalize__(self, obj):
+        self.on_add = None  # arrays computed from a gradient never notify
+
+    def __iadd__(self, other):
+        np.add(self, other, out=self)
+        if self.on_add is not None:
+            self.on_add()
+        return self
+
+
 class _Bucket:
     """One contiguous arena buffer and the parameter-shaped views into it."""
 
     __slots__ = ("buffer", "params", "views")
 
-    def __init__(self, comm, params):
+    def __init__(self, comm, params, on_add=None):
         total = sum(p.data.size for p in params)
         self.buffer = comm.zeros((total,), params[0].data.dtype)
         self.params, self.views, offset = params, [], 0
         for p in params:
-            self.views.append(self.buffer[offset:offset + p.data.size].reshape(p.data.shape))
+            view = self.buffer[offset:offset + p.data.size].reshape(p.data.shape)
+            if on_add is not None:
+                view = view.view(_NotifyingGrad)
+                view.on_add = on_add
+            self.views.append(view)
             offset += p.data.size
 
 
@@ -73,10 +90,17 @@ class DataParallel:
     ``reduce="sum"`` suits losses already divided by the global batch size. ``compress`` is
     ``None``, ``"fp16"`` or ``"topk:RATIO"`` (see ``compression``). Inside ``with dp.no_sync():``
     gradients accumulate locally and the next synchronised step all-reduces the total.
+
+    ``overlap=True`` starts a bucket's all-reduce on a communication thread as soon as backward
+    has added the gradient of each of its parameters (buckets leave in index order on every
+    rank), while backward goes on with earlier layers. It assumes each parameter gets one
+    gradient per backward (a parameter used twice raises). With minilepton's engine today it
+    gains nothing: backward visits every leaf after all interior nodes, so all buckets become
+    ready at once, at the end (measured: ``minilepton bench scaling --overlap both``).
     """
 
     def __init__(self, module, comm, bucket_bytes: int = 1 << 20, reduce: str = "mean",
-                 compress=None, broadcast: bool = True):
+                 compress=None, broadcast: bool = True, overlap: bool = False):
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
         self.module, self.comm, self.reduce = module, comm, reduce
@@ -86,7 +110,13 @@ class DataParallel:
         params = [p for p in module.parameters() if p.requires_grad]
         layout = bucket_layout([p.data.nbytes for p in params], [p.data.dtype for p in params],
                                self.bucket_bytes)
-        self.buckets = [_Bucket(comm, [params[i] for i in group]) for group in layout]
+        self.overlap = bool(overlap)
+        if self.overlap:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="allreduce")
+        self.buckets = [_Bucket(comm, [params[i] for i in group],
+                                self._arrived(k) if self.overlap else None)
+                        for k, group in enumerate(layout)]
         self.sync_seconds = 0.0  # wall time spent synchronising (gradients or parameters)
         self.sync_bytes = 0      # bytes this rank sent while synchronising
         if broadcast:
@@ -115,6 +145,30 @@ class DataParallel:
             for p, view in zip(b.params, b.views):
                 if p.grad is not view:
                     p.grad = view
+        if self.overlap:
+            self._pending = [len(b.params) for b in self.buckets]
+            self._sent, self._inflight = 0, []
+            self._bytes0 = self.comm.stats.bytes_sent
+
+    def _arrived(self, k: int):
+        """The callback of bucket k's views: count gradients in, send ready buckets in order."""
+        def on_add():
+            if not self.require_sync:
+                return
+            if self._pending[k] <= 0:
+                raise RuntimeError("overlap=True: a parameter got a second gradient after its "
+                                   "bucket was sent; use overlap=False for shared parameters")
+            self._pending[k] -= 1
+            while self._sent < len(self.buckets) and self._pending[self._sent] == 0:
+                self._inflight.append(self._thread.submit(self._reduce_bucket, self._sent))
+                self._sent += 1
+        return on_add
+
+    def _reduce_bucket(self, key: int) -> None:
+        b = self.buckets[key]
+        self.compressor.allreduce_sum(self.comm, b.buffer, key)
+        if self.reduce == "mean":
+            b.buffer *= 1.0 / self.comm.world_size
 
     def _gather_strays(self, b) -> None:
         """A ``.grad`` replaced behind our back (set to None, or a fresh array) goes back in."""
@@ -131,13 +185,20 @@ class DataParallel:
         if not self.require_sync:
             return
         t0, bytes0 = time.perf_counter(), self.comm.stats.bytes_sent
-        scale = 1.0 / self.comm.world_size if self.reduce == "mean" else None
-        for key, b in enumerate(self.buckets):
-            self._gather_strays(b)
-            self.compressor.allreduce_sum(self.comm, b.buffer, key)
-            if scale is not None:
-                b.buffer *= scale
-        self.sync_seconds += time.perf_counter() - t0
+        if self.overlap:  # send what backward left (unused parameters), then wait for all
+            bytes0 = self._bytes0
+            for key in range(self._sent, len(self.buckets)):
+                self._gather_strays(self.buckets[key])
+                self._inflight.append(self._thread.submit(self._reduce_bucket, key))
+            self._sent = len(self.buckets)
+            for future in self._inflight:
+                future.result()
+            self._inflight = []
+        else:
+            for key, b in enumerate(self.buckets):
+                self._gather_strays(b)
+                self._reduce_bucket(key)
+        self.sync_seconds += time.perf_counter() - t0  # time the step waited (exposed)
         self.sync_bytes += self.comm.stats.bytes_sent - bytes0
 
     def backward(self, loss) -> None:
@@ -186,7 +247,8 @@ class DataParallelStrategy(Strategy):
     """
 
     def __init__(self, comm, model, optimizer, bucket_bytes: int = 1 << 20, compress=None,
-                 sync_every: int = 1, node_speeds=None, balance: str = "none"):
+                 sync_every: int = 1, node_speeds=None, balance: str = "none",
+                 overlap: bool = False):
         if sync_every < 1:
             raise ValueError(f"--sync-every must be >= 1, not {sync_every}")
         compressor = make_compressor(compress)
@@ -207,7 +269,8 @@ class DataParallelStrategy(Strategy):
         if balance == "static":
             self.sampler.set_weights(static_weights(self.speeds))
         self.balancer = DynamicBalancer(comm.world_size) if balance == "dynamic" else None
-        self.dp = DataParallel(model, comm, bucket_bytes, reduce="sum", compress=compressor)
+        self.dp = DataParallel(model, comm, bucket_bytes, reduce="sum", compress=compressor,
+                               overlap=overlap and sync_every == 1)
         self.steps = 0
         self.step_seconds = 0.0
         self._since_sync = [0, 0]  # [my samples, global samples] since the last average
