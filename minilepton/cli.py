@@ -134,7 +134,8 @@ def run_train(cfg: TrainConfig) -> dict:
     """One process here when the world size is 1, else the parallel runner; the metrics."""
     if cfg.world_size == 1:
         if cfg.trace:
-            raise ValueError("--trace records the timeline of several workers; add --workers N")
+            raise ValueError("--trace records a parallel run's timeline; "
+                             "add --workers, --tp or --pp")
         from .train import train
         return train(cfg)
     from .parallel.runner import run
