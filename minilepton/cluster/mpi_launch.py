@@ -120,12 +120,19 @@ def _preparation_data(fn) -> dict:
 def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
                blas_threads: int | None = None, link=None, node_speeds=None,
                log_dir: str | None = None, env: dict | None = None,
-               algorithm: str = "ordered", **_):
-    """Run ``fn(comm, *args)`` on ``world_size`` MPI ranks; return the values in rank order."""
+               algorithm: str = "ordered", job_timeout_s: float | None = None, **_):
+    """Run ``fn(comm, *args)`` on ``world_size`` MPI ranks; return the values in rank order.
+
+    ``timeout_s``: how long a collective waits for a stalled peer before its rank fails (and
+    aborts the job), as on shm (default 60 s or ``MINILEPTON_COMM_TIMEOUT_S``);
+    ``job_timeout_s``: a limit on the whole job's wall time (default none); ``algorithm``: the
+    communicator's default all-reduce. The other options mean what they mean for ``launch``.
+    """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if timeout_s is not None and timeout_s <= 0:
-        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    for name, value in (("timeout_s", timeout_s), ("job_timeout_s", job_timeout_s)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise RuntimeError("backend 'mpi' needs mpiexec (pip install 'minilepton[mpi]')")
@@ -135,7 +142,7 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         with open(payload, "wb") as f:
             pickle.dump({"job": pickle.dumps((fn, tuple(args))), "prep": _preparation_data(fn),
                          "log_level": logging.getLogger().getEffectiveLevel(),
-                         "log_dir": log_dir, "comm_options": {"algorithm": algorithm},
+                         "log_dir": log_dir, "comm_options": {"algorithm": algorithm, "timeout_s": timeout_s},
                          "simulation": {"link": link, "node_speeds": node_speeds}}, f)
         threads = blas_threads or max(1, cpu_count() // world_size)
         child_env = {**os.environ, **blas_threads_env(threads), **(env or {}),
@@ -143,7 +150,7 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         cmd = [mpiexec, "-n", str(world_size), sys.executable, "-m",
                "minilepton.cluster.mpi_worker", payload, job_dir]
         try:
-            returncode, tail, exited = _run(cmd, child_env, job_dir, timeout_s)
+            returncode, tail, exited = _run(cmd, child_env, job_dir, job_timeout_s)
         finally:
             _unlink_job_segments(job_dir)
         return _collect(job_dir, world_size, returncode, tail, exited)

@@ -110,6 +110,7 @@ def run(payload_path: str, result_dir: str) -> None:
         comm = _apply_simulation(MPICommunicator(world, **payload["comm_options"]), rank,
                                  payload["simulation"])
         value = fn(comm, *args)
+        comm.close()  # delivers sends still in flight
         write_atomic(result_path, pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL))
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher
         summary = f"{type(exc).__name__}: {exc}"

@@ -1,37 +1,48 @@
 """The Communicator protocol on MPI (mpi4py), for jobs started by ``mpiexec``.
 
-Every rank of an MPI job is one worker. Arrays move as raw bytes through MPI buffers (``Send``,
-``Alltoallv``, ``Allgatherv``, ``Bcast``), never pickled; every reduction is done here in NumPy,
-so the bits do not depend on which algorithm the MPI library picks.
+Every rank of an MPI job is one worker. Arrays move as raw bytes through MPI buffers, never
+pickled; every reduction is done here in NumPy, so the bits do not depend on which algorithm the
+MPI library picks. Operations are nonblocking MPI calls polled until done, so that a stalled or
+dead peer makes a collective fail with ``CommError`` after ``timeout_s`` instead of hanging.
 
 All-reduce algorithms (``allreduce(x, op, algorithm=...)``):
 
 - ``"ordered"`` (default): y = ((x₀ ⊕ x₁) ⊕ x₂) … ⊕ x_{P−1}, in rank order, the same bits on every
   rank, run after run, and the same bits as the shared-memory backend. Cut x into P blocks;
-  ``Alltoallv`` hands rank r every rank's copy of block r, rank r folds them in rank order with
-  chained ``np.add(out=)``, and ``Allgatherv`` returns the reduced blocks to everyone. Cost: each
+  ``Ialltoallv`` hands rank r every rank's copy of block r, rank r folds them in rank order with
+  chained ``np.add(out=)``, and ``Iallgatherv`` returns the reduced blocks to everyone. Cost: each
   rank sends 2(P−1)/P · N bytes (as a ring does) in two MPI collectives, plus one pass over an
-  N-byte scratch buffer. Below ``small_bytes`` one ``Allgather`` of the whole array (sending
+  N-byte scratch buffer. Up to ``small_bytes`` one ``Iallgather`` of the whole array (sending
   (P−1) · N bytes) and a local fold are cheaper, with identical bits.
-- ``"native"``: ``MPI_Allreduce``, the fastest, but the order of the sum is the library's (it
+- ``"native"``: ``MPI_Iallreduce``, the fastest, but the order of the sum is the library's (it
   may change with P, the size or the MPI version); bits can differ from the other algorithms.
-- ``"ring"``: the teaching ring over ``Sendrecv``: P−1 reduce-scatter steps then P−1 all-gather
-  steps, each moving one block of N/P to the right neighbour, 2(P−1)/P · N bytes per rank. Block
-  b is summed in the ring's cyclic order b, b+1, …, b−1 (mod P), so it equals ``"ordered"``
-  bitwise for P ≤ 2 and is fixed and identical on every rank for any P (see ``ring_order``).
+- ``"ring"``: the teaching ring over point-to-point messages: P−1 reduce-scatter steps then P−1
+  all-gather steps, each sending one block of N/P to the right neighbour, 2(P−1)/P · N bytes per
+  rank. Block b is summed in the ring's cyclic order b, b+1, …, b−1 (mod P): fixed, the same on
+  every rank, equal to ``"ordered"`` for P ≤ 2, and to the shared-memory ring for every P.
 
 Counters record what this rank sends in the algorithm's own model; for ``native`` they record
 the bandwidth-optimal 2(P−1)/P · N bytes in 2(P−1) messages (what MPI really sends is hidden).
+``send`` copies the message and returns at once (the copy is sent in the background), so a
+rank may post several messages before its peer receives any, as with the shm channels.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 
-from .base import Communicator, CommError
+from .base import CommError, Communicator
+from .shm_sync import SPIN_POLLS, _yield, timeout_default
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ("ordered", "native", "ring")
 _FOLD = {"sum": np.add, "mean": np.add, "max": np.maximum}
+_USER_TAG, _RING_TAG = 0, 1   # the ring's messages never match a user's send/recv
+_SPIN_S = 1.0                 # poll without sleeping this long (MPI only progresses in calls)
 
 
 def _mpi():
@@ -75,14 +86,16 @@ class MPICommunicator(Communicator):
     backend_name = "mpi"
 
     def __init__(self, comm=None, algorithm: str = "ordered", small_bytes: int = 32 << 10,
-                 _owned: bool = False):
-        MPI = _mpi()
+                 timeout_s: float | None = None, _owned: bool = False):
+        self.MPI = MPI = _mpi()
         self.comm = MPI.COMM_WORLD if comm is None else comm
         super().__init__(self.comm.Get_rank(), self.comm.Get_size())
         self.algorithm = self._check_algorithm(algorithm)
         self.small_bytes = int(small_bytes)
+        self.timeout_s = timeout_default() if timeout_s is None else float(timeout_s)
         self._owned = _owned
         self._scratch = np.empty(0, np.uint8)
+        self._pending: list = []  # (request, private copy) of sends not yet delivered
 
     # ---- helpers
     @staticmethod
@@ -104,84 +117,107 @@ class MPICommunicator(Communicator):
             raise ValueError(f"{what} works in place and needs a writeable array")
         return x
 
+    def _wait(self, requests, what: str, statuses=None) -> None:
+        """Poll until every request is done: spin, then yield the core (an oversubscribed peer
+        must run), then after ``_SPIN_S`` sleep between polls; CommError after ``timeout_s``."""
+        testall = self.MPI.Request.Testall
+        if testall(requests, statuses):
+            return
+        polls, t_start = 0, time.monotonic()
+        while not testall(requests, statuses):
+            polls += 1
+            if polls < SPIN_POLLS:
+                continue
+            waited_s = time.monotonic() - t_start
+            if waited_s > self.timeout_s:
+                raise CommError(f"{what} on rank {self.rank}: peers did not complete it within "
+                                f"{self.timeout_s:g} s (a rank stalled or died); raise "
+                                "MINILEPTON_COMM_TIMEOUT_S if they are just slow")
+            if waited_s < _SPIN_S:
+                _yield()
+            else:
+                time.sleep(1e-3)
+
     # ---- all-reduce
     def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
         self.check_op(op)
         self._check_inplace(x, "allreduce")
         algorithm = self.algorithm if algorithm is None else self._check_algorithm(algorithm)
-        P, n = self.world_size, x.size
-        if P == 1 or n == 0:
+        P = self.world_size
+        ring = (2 * (P - 1), 2 * (P - 1) * x.nbytes // P)  # the link model's critical path
+        if P == 1:
             with self._timed("allreduce", 0, 0):
                 pass
         elif algorithm == "native":
-            with self._timed("allreduce", 2 * (P - 1) * x.nbytes // P, 2 * (P - 1)):
+            with self._timed("allreduce", ring[1], ring[0], critical=ring):
                 self._native(x, op)
         elif algorithm == "ring":
-            self._ring(x, op)
+            self._ring(x, op, ring)
         elif x.nbytes <= self.small_bytes:
-            with self._timed("allreduce", (P - 1) * x.nbytes, P - 1):
+            with self._timed("allreduce", (P - 1) * x.nbytes, P - 1, critical=ring):
                 self._gather_fold(x, op)
         else:
-            self._scatter_fold_gather(x, op)
+            self._scatter_fold_gather(x, op, ring)
         if op == "mean" and P > 1:
             np.divide(x, P, out=x, casting="unsafe")
         return x
 
     def _native(self, x, op):
-        MPI = _mpi()
+        MPI = self.MPI
         try:
-            self.comm.Allreduce(MPI.IN_PLACE, x, op=MPI.MAX if op == "max" else MPI.SUM)
+            req = self.comm.Iallreduce(MPI.IN_PLACE, x, op=MPI.MAX if op == "max" else MPI.SUM)
         except (KeyError, TypeError, ValueError) as exc:  # a dtype with no MPI datatype
             raise CommError(f"allreduce(algorithm='native') cannot reduce {x.dtype}: {exc}") \
                 from None
+        self._wait([req], "allreduce")
 
     def _gather_fold(self, x, op):
-        """One Allgather of the whole array, then every rank folds the P copies in rank order."""
-        P, flat = self.world_size, x.reshape(-1)
-        rows = self._scratch_bytes(P * x.nbytes).view(x.dtype).reshape(P, -1)
-        self.comm.Allgather(_bytes(x), rows.view(np.uint8))
-        _fold(list(rows), flat, _FOLD[op])
+        """One all-gather of the whole array, then every rank folds the P copies in rank order."""
+        rows = self._scratch_bytes(self.world_size * x.nbytes)
+        self._wait([self.comm.Iallgather(_bytes(x), rows)], "allreduce")
+        _fold(list(rows.view(x.dtype).reshape(self.world_size, -1)), x.reshape(-1), _FOLD[op])
 
-    def _scatter_fold_gather(self, x, op):
-        """Alltoallv (block r of every rank to rank r), fold in rank order, Allgatherv."""
-        MPI, P, r, size = _mpi(), self.world_size, self.rank, x.itemsize
+    def _scatter_fold_gather(self, x, op, ring):
+        """All-to-all (block r of every rank to rank r), fold in rank order, all-gather."""
+        MPI, P, r = self.MPI, self.world_size, self.rank
         bounds = block_bounds(x.size, P)
-        counts = np.diff(bounds) * size
-        displs = bounds[:-1] * size
+        counts, displs = np.diff(bounds) * x.itemsize, bounds[:-1] * x.itemsize
         mine = int(counts[r])
         sent = (x.nbytes - mine) + (P - 1) * mine
-        with self._timed("allreduce", sent, 2 * (P - 1)):
+        with self._timed("allreduce", sent, 2 * (P - 1), critical=ring):
             flat, raw = x.reshape(-1), _bytes(x)
             inbox = self._scratch_bytes(P * mine)
-            recv_counts = np.full(P, mine, np.int64)
-            recv_displs = np.arange(P, dtype=np.int64) * mine
-            self.comm.Alltoallv([raw, counts, displs, MPI.BYTE],
-                                [inbox, recv_counts, recv_displs, MPI.BYTE])
-            rows = inbox.view(x.dtype).reshape(P, -1)
-            _fold(list(rows), flat[bounds[r]:bounds[r + 1]], _FOLD[op])
-            self.comm.Allgatherv(MPI.IN_PLACE, [raw, counts, displs, MPI.BYTE])
+            inbox_displs = np.arange(P, dtype=np.int64) * mine
+            self._wait([self.comm.Ialltoallv([raw, counts, displs, MPI.BYTE],
+                                             [inbox, [mine] * P, inbox_displs, MPI.BYTE])],
+                       "allreduce")
+            _fold(list(inbox.view(x.dtype).reshape(P, -1)), flat[bounds[r]:bounds[r + 1]],
+                  _FOLD[op])
+            self._wait([self.comm.Iallgatherv(MPI.IN_PLACE, [raw, counts, displs, MPI.BYTE])],
+                       "allreduce")
 
-    def _ring(self, x, op):
+    def _ring(self, x, op, ring):
         """Reduce-scatter then all-gather around the ring r → r+1, one block per step."""
         P, r = self.world_size, self.rank
         right, left = (r + 1) % P, (r - 1) % P
         flat, bounds, ufunc = x.reshape(-1), block_bounds(x.size, P), _FOLD[op]
         blocks = [flat[bounds[b]:bounds[b + 1]] for b in range(P)]
         sizes = [blk.nbytes for blk in blocks]
-        sent = sum(sizes[(r - s) % P] for s in range(P - 1))
-        sent += sum(sizes[(r + 1 - s) % P] for s in range(P - 1))
-        with self._timed("allreduce", sent, 2 * (P - 1)):
+        sent = sum(sizes[(r - s) % P] + sizes[(r + 1 - s) % P] for s in range(P - 1))
+        with self._timed("allreduce", sent, 2 * (P - 1), critical=ring):
             tmp = self._scratch_bytes(max(sizes)).view(x.dtype)
-            for s in range(P - 1):  # after step s, rank r's block r-s-1 holds s+2 ranks' data
+            for s in range(P - 1):  # after step s, block r-s-1 here holds s+2 ranks' sum
                 out_b, in_b = (r - s) % P, (r - s - 1) % P
                 got = tmp[:blocks[in_b].size]
-                self.comm.Sendrecv(_bytes(blocks[out_b]), dest=right,
-                                   recvbuf=got.view(np.uint8), source=left)
+                self._sendrecv(blocks[out_b], right, got, left)
                 ufunc(got, blocks[in_b], out=blocks[in_b])
-            for s in range(P - 1):  # rank r now owns the full block r+1; pass them around
-                out_b, in_b = (r + 1 - s) % P, (r - s) % P
-                self.comm.Sendrecv(_bytes(blocks[out_b]), dest=right,
-                                   recvbuf=_bytes(blocks[in_b]), source=left)
+            for s in range(P - 1):  # rank r now owns the whole block r+1; pass them around
+                self._sendrecv(blocks[(r + 1 - s) % P], right, blocks[(r - s) % P], left)
+
+    def _sendrecv(self, out, dst, into, src):
+        requests = [self.comm.Irecv(_bytes(into), source=src, tag=_RING_TAG),
+                    self.comm.Isend(_bytes(out), dest=dst, tag=_RING_TAG)]
+        self._wait(requests, "allreduce (ring)")
 
     # ---- the other collectives
     def reduce_scatter(self, x, op: str = "sum"):
@@ -192,13 +228,11 @@ class MPICommunicator(Communicator):
             raise ValueError(f"reduce_scatter needs axis 0 divisible by {P} ranks, "
                              f"got shape {x.shape}")
         out = np.empty((x.shape[0] // P,) + x.shape[1:], x.dtype)
-        with self._timed("reduce_scatter", (P - 1) * out.nbytes, P - 1):
-            if P == 1:
-                np.copyto(out, x)
-            else:
-                inbox = self._scratch_bytes(P * out.nbytes)
-                self.comm.Alltoall(_bytes(x), inbox)
-                _fold(list(inbox.view(x.dtype).reshape((P,) + out.shape)), out, _FOLD[op])
+        cost = (P - 1, (P - 1) * out.nbytes)
+        with self._timed("reduce_scatter", cost[1], cost[0], critical=cost):
+            inbox = self._scratch_bytes(P * out.nbytes)
+            self._wait([self.comm.Ialltoall(_bytes(x), inbox)], "reduce_scatter")
+            _fold(list(inbox.view(x.dtype).reshape((P,) + out.shape)), out, _FOLD[op])
         if op == "mean" and P > 1:
             np.divide(out, P, out=out, casting="unsafe")
         return out
@@ -206,56 +240,64 @@ class MPICommunicator(Communicator):
     def allgather(self, x):
         self.check_array(x, "allgather")
         P = self.world_size
-        shape = (P * x.shape[0],) + x.shape[1:] if x.ndim else (P,)
-        out = np.empty(shape, x.dtype)
-        with self._timed("allgather", (P - 1) * x.nbytes, P - 1):
-            self.comm.Allgather(_bytes(x), _bytes(out))
+        out = np.empty((P * x.shape[0],) + x.shape[1:] if x.ndim else (P,), x.dtype)
+        cost = (P - 1, (P - 1) * x.nbytes)
+        with self._timed("allgather", cost[1], cost[0], critical=cost):
+            self._wait([self.comm.Iallgather(_bytes(x), _bytes(out))], "allgather")
         return out
 
     def broadcast(self, x, root: int = 0):
-        self.check_peer(root, "broadcast")
+        root = self.check_peer(root, "broadcast")
+        self._check_inplace(x, "broadcast")
         P = self.world_size
-        if self.rank == root:
-            self.check_array(x, "broadcast")
-        else:
-            self._check_inplace(x, "broadcast")
-        nbytes, messages = ((P - 1) * x.nbytes, P - 1) if self.rank == root else (0, 0)
-        with self._timed("broadcast", nbytes, messages):
-            self.comm.Bcast(_bytes(x), root=root)
+        cost = (P - 1, (P - 1) * x.nbytes)  # a flat tree from the root; every rank waits for it
+        mine = cost if self.rank == root else (0, 0)
+        with self._timed("broadcast", mine[1], mine[0], critical=cost):
+            self._wait([self.comm.Ibcast(_bytes(x), root=root)], "broadcast")
         return x
 
     def send(self, x, dst: int) -> None:
-        dst = self.check_peer(dst, "send")
         self.check_array(x, "send")
-        with self._timed("send", x.nbytes, 1):
-            self.comm.Send(_bytes(x), dest=dst)
+        dst = self.check_peer(dst, "send")
+        with self._timed("send", x.nbytes, 1, critical=(1, x.nbytes)):
+            self._pending = [(req, buf) for req, buf in self._pending if not req.Test()]
+            copy = _bytes(x).copy()  # the caller may reuse x as soon as send returns
+            self._pending.append((self.comm.Isend(copy, dest=dst, tag=_USER_TAG), copy))
 
     def recv(self, x, src: int):
-        src = self.check_peer(src, "recv")
         self._check_inplace(x, "recv")
-        MPI = _mpi()
+        src = self.check_peer(src, "recv")
+        status = self.MPI.Status()
         with self._timed("recv", 0, 0):
-            status = MPI.Status()
-            self.comm.Recv(_bytes(x), source=src, status=status)
-        got = status.Get_count(MPI.BYTE)
+            req = self.comm.Irecv(_bytes(x), source=src, tag=_USER_TAG)
+            self._wait([req], f"recv from rank {src}", [status])
+        got = status.Get_count(self.MPI.BYTE)
         if got != x.nbytes:
             raise CommError(f"recv from rank {src}: got {got} bytes into a {x.nbytes}-byte array")
         return x
 
     def barrier(self) -> None:
         with self._timed("barrier", 0, 0):
-            self.comm.Barrier()
+            self._wait([self.comm.Ibarrier()], "barrier")
 
-    def split(self, color: int, key: int | None = None) -> "MPICommunicator":
-        if int(color) < 0:
-            raise ValueError(f"split: color must be a non-negative int, got {color}")
+    def split(self, color, key: int | None = None) -> "MPICommunicator | None":
+        """Ranks with the same ``color`` (an int >= 0) form a group ordered by ``(key, rank)``;
+        ``color=None`` joins no group and gets None."""
+        if color is not None and (int(color) != color or color < 0):
+            raise ValueError(f"split color must be an int >= 0 or None, not {color!r}")
         key = self.rank if key is None else int(key)
         with self._timed("split", 0, 0):
-            sub = self.comm.Split(int(color), key)
-        return MPICommunicator(sub, self.algorithm, self.small_bytes, _owned=True)
+            sub = self.comm.Split(self.MPI.UNDEFINED if color is None else int(color), key)
+        if color is None:
+            return None
+        return MPICommunicator(sub, self.algorithm, self.small_bytes, self.timeout_s,
+                               _owned=True)
 
     def close(self) -> None:
+        """Deliver pending sends (bounded by ``timeout_s``) and free a split's communicator."""
+        if self._pending:
+            requests, self._pending = [req for req, _ in self._pending], []
+            self._wait(requests, "close (sends not yet received)")
         if self._owned and self.comm is not None:
             self.comm.Free()
-            self.comm = None
-            self._owned = False
+            self.comm, self._owned = None, False
