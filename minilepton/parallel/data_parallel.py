@@ -17,7 +17,7 @@ finishes them), each at most ``bucket_bytes`` (a parameter larger than that gets
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -243,12 +243,14 @@ class DataParallelStrategy(Strategy):
     gradient and every k steps the parameters are averaged, weighted by the samples each rank
     computed since the last average (for plain SGD and k=1 this is exactly data parallelism).
     ``balance`` is ``none``, ``static`` (shares ∝ ``node_speeds``) or ``dynamic`` (shares from
-    measured throughput); ``node_speeds`` also slows this rank's compute to simulate the node.
+    measured compute times); ``node_speeds`` also slows this rank's compute to simulate the node.
+    A ``minilepton.trace.Tracer`` records forward/backward/optimizer and every collective; the
+    timeline is written to ``trace_path`` after each evaluation.
     """
 
     def __init__(self, comm, model, optimizer, bucket_bytes: int = 1 << 20, compress=None,
                  sync_every: int = 1, node_speeds=None, balance: str = "none",
-                 overlap: bool = False):
+                 overlap: bool = False, tracer=None, trace_path: str | None = None):
         if sync_every < 1:
             raise ValueError(f"--sync-every must be >= 1, not {sync_every}")
         compressor = make_compressor(compress)
@@ -271,6 +273,9 @@ class DataParallelStrategy(Strategy):
         self.balancer = DynamicBalancer(comm.world_size) if balance == "dynamic" else None
         self.dp = DataParallel(model, comm, bucket_bytes, reduce="sum", compress=compressor,
                                overlap=overlap and sync_every == 1)
+        self.tracer, self.trace_path = tracer, trace_path
+        if tracer is not None:
+            tracer.watch(comm)
         self.steps = 0
         self.step_seconds = 0.0
         self._since_sync = [0, 0]  # [my samples, global samples] since the last average
@@ -279,21 +284,34 @@ class DataParallelStrategy(Strategy):
         return self.sampler.local_indices(global_indices)
 
     def train_step(self, x, y, global_batch_size: int) -> StepStats:
+        if self.tracer is None:
+            return self._step(x, y, global_batch_size)
+        with self.tracer.step():
+            return self._step(x, y, global_batch_size)
+
+    def _span(self, name: str):
+        return self.tracer.span(name) if self.tracer is not None else nullcontext()
+
+    def _step(self, x, y, global_batch_size: int) -> StepStats:
         t0 = time.perf_counter()
         self.dp.zero_grad()
         n = len(y)
         stats = StepStats(0.0, 0, 0)
         if n:  # an empty shard adds zeros to the all-reduce, and still joins it
-            logits = self.model(Tensor(x))
-            loss = cross_entropy(logits, y, reduction="sum") * (1.0 / global_batch_size)
-            loss.backward()
+            with self._span("forward"):
+                logits = self.model(Tensor(x))
+                loss = cross_entropy(logits, y, reduction="sum") * (1.0 / global_batch_size)
+            with self._span("backward"):
+                loss.backward()
             stats = _stats(loss.item() * global_batch_size, logits.data, y)
-        compute_s = time.perf_counter() - t0
-        _slow_down(compute_s, self.speed)
+        if self.speed < 1.0:
+            with self._span("slow node"):
+                _slow_down(time.perf_counter() - t0, self.speed)
         compute_s = time.perf_counter() - t0
         if self.sync_every == 1:
             self.dp.sync_gradients()
-            self.optimizer.step()
+            with self._span("optimizer"):
+                self.optimizer.step()
         else:
             self._local_sgd_step(n, global_batch_size)
         if self.balancer is not None:
@@ -332,7 +350,13 @@ class DataParallelStrategy(Strategy):
             self.average_parameters()
         offsets = shard_offsets(len(y), np.ones(self.comm.world_size))
         lo, hi = int(offsets[self.comm.rank]), int(offsets[self.comm.rank + 1])
-        return self.reduce_stats(evaluate_model(self.model, x[lo:hi], y[lo:hi], batch_size))
+        totals = self.reduce_stats(evaluate_model(self.model, x[lo:hi], y[lo:hi], batch_size))
+        if self.tracer is not None and self.trace_path:  # collective: every rank sends
+            from ..trace import gather_events, write_chrome_trace  # noqa: PLC0415
+            events = gather_events(self.comm, self.tracer)
+            if events is not None:
+                write_chrome_trace(events, self.trace_path)
+        return totals
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -62,9 +62,14 @@ def build_strategy(comm, cfg: TrainConfig, sizes):
         from .data_parallel import DataParallelStrategy  # noqa: PLC0415
         model = build_model(cfg, n_features=sizes[0], n_classes=sizes[-1])
         optimizer = build_optimizer(cfg, model.parameters())
+        tracer = None
+        if cfg.trace:
+            from ..trace import Tracer  # noqa: PLC0415
+            tracer = Tracer(comm.rank)
         return DataParallelStrategy(comm, model, optimizer, bucket_bytes=cfg.bucket_bytes,
                                     compress=cfg.compress, sync_every=cfg.sync_every,
-                                    node_speeds=cfg.node_speeds, balance=cfg.balance)
+                                    node_speeds=cfg.node_speeds, balance=cfg.balance,
+                                    tracer=tracer, trace_path=cfg.trace)
     from .model_parallel_strategy import build_strategy as build_model_parallel  # noqa: PLC0415
     return build_model_parallel(comm, cfg, sizes)
 
