@@ -84,8 +84,8 @@ def _plot(rows, path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for compress in sorted({r["compress"] for r in rows}):
         mine = [r for r in rows if r["compress"] == compress]
-        ax.plot([r["workers"] for r in mine], [r["speedup"] for r in mine], "o-",
-                label=f"measured ({compress})")
+        label = "measured" if compress == "none" else f"measured, {compress}"
+        ax.plot([r["workers"] for r in mine], [r["speedup"] for r in mine], "o-", label=label)
     ps = sorted({r["workers"] for r in rows})
     ax.plot(ps, [p / ps[0] for p in ps], "k--", label="ideal")
     ax.set_xlabel("workers")
