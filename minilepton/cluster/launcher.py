@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import wait as wait_ready
 
@@ -78,6 +79,7 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     ctx = mp.get_context(start_method)
     arena = Arena.create(arena_bytes)
     job = _Job(world_size, arena, ctx)
+    previous_term = _exit_on_sigterm()
     try:
         offset = arena.alloc(config.block_bytes(world_size), "the job's control block")
         spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
@@ -88,6 +90,22 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
         return results
     finally:
         job.stop()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _exit_on_sigterm():
+    """While a job runs, SIGTERM to the launcher cleans up like Ctrl-C (then exits 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return signal.SIG_DFL
 
 
 class _Job:
@@ -196,14 +214,18 @@ class _Job:
             _unblock_sigint(blocked)
 
 
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
 def _block_sigint():
-    """Hold Ctrl-C while cleaning up (a second Ctrl-C must not leave workers or segments)."""
+    """Hold Ctrl-C and SIGTERM while cleaning up (a second one must not leave workers or
+    segments behind); they are delivered when cleanup is done."""
     try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     except (AttributeError, ValueError, OSError):
         return None
 
 
 def _unblock_sigint(previous) -> None:
-    if previous is not None and signal.SIGINT not in previous:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD - set(previous))

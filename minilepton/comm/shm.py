@@ -122,7 +122,11 @@ class ShmCommunicator(Communicator):
         return got
 
     def _say(self, text: str) -> None:
-        log.info("[rank %d/%d] %s", self.members[self.rank], self.rank, text)
+        """One verbose line (the worker's log prefix already names the job-wide rank)."""
+        if self.members == list(range(self.world_size)):
+            log.info("%s", text)
+        else:
+            log.info("[group %s, rank %d] %s", self.members, self.rank, text)
 
     # ---- arena arrays
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
