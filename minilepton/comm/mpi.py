@@ -111,6 +111,11 @@ class MPICommunicator(Communicator):
             self._scratch = np.empty(nbytes, np.uint8)
         return self._scratch[:nbytes]
 
+    @staticmethod
+    def _check_mean(x, op) -> None:
+        if op == "mean" and x.dtype.kind != "f":
+            raise ValueError(f"op='mean' needs a floating array, not {x.dtype}")
+
     def _check_inplace(self, x, what: str) -> np.ndarray:
         self.check_array(x, what)
         if not x.flags.writeable:
@@ -142,6 +147,7 @@ class MPICommunicator(Communicator):
     def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
         self.check_op(op)
         self._check_inplace(x, "allreduce")
+        self._check_mean(x, op)
         algorithm = self.algorithm if algorithm is None else self._check_algorithm(algorithm)
         P = self.world_size
         ring = (2 * (P - 1), 2 * (P - 1) * x.nbytes // P)  # the link model's critical path
@@ -159,7 +165,7 @@ class MPICommunicator(Communicator):
         else:
             self._scatter_fold_gather(x, op, ring)
         if op == "mean" and P > 1:
-            np.divide(x, P, out=x, casting="unsafe")
+            np.divide(x, P, out=x)
         return x
 
     def _native(self, x, op):
@@ -223,6 +229,7 @@ class MPICommunicator(Communicator):
     def reduce_scatter(self, x, op: str = "sum"):
         self.check_op(op)
         self.check_array(x, "reduce_scatter")
+        self._check_mean(x, op)
         P = self.world_size
         if x.ndim == 0 or x.shape[0] % P:
             raise ValueError(f"reduce_scatter needs axis 0 divisible by {P} ranks, "
@@ -234,7 +241,7 @@ class MPICommunicator(Communicator):
             self._wait([self.comm.Ialltoall(_bytes(x), inbox)], "reduce_scatter")
             _fold(list(inbox.view(x.dtype).reshape((P,) + out.shape)), out, _FOLD[op])
         if op == "mean" and P > 1:
-            np.divide(out, P, out=out, casting="unsafe")
+            np.divide(out, P, out=out)
         return out
 
     def allgather(self, x):
