@@ -20,8 +20,7 @@ import time
 
 import numpy as np
 
-from . import backend
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from . import backend, checkpoint
 from .config import TrainConfig
 from .strategy import SingleProcess, StepStats
 
@@ -92,12 +91,22 @@ def _layout_key(cfg: TrainConfig, strategy) -> dict:
 
 
 def _resume(strategy, cfg: TrainConfig, log) -> tuple[int, list]:
-    """Load the newest checkpoint into ``strategy``; return (epochs done, their metric rows)."""
-    path = latest_checkpoint(cfg.checkpoint_dir, _checkpoint_rank(strategy))
+    """Load the newest checkpoint into ``strategy``; return (epochs done, their metric rows).
+
+    Sharded state resumes from the newest epoch that *every* rank saved, so a job stopped
+    between two ranks' writes still restarts all ranks at the same epoch.
+    """
+    rank = _checkpoint_rank(strategy)
+    path = checkpoint.latest_checkpoint(cfg.checkpoint_dir, rank)
+    if rank is not None:
+        common = set.intersection(*(set(checkpoint.list_checkpoints(cfg.checkpoint_dir, r))
+                                    for r in range(cfg.world_size)))
+        name = checkpoint.checkpoint_name(max(common), rank) if common else None
+        path = os.path.join(cfg.checkpoint_dir, name) if name else None
     if path is None:
         log(f"no checkpoint in {cfg.checkpoint_dir}; starting from epoch 1")
         return 0, []
-    epoch, state, meta = load_checkpoint(path)
+    epoch, state, meta = checkpoint.load_checkpoint(path)
     expected = _layout_key(cfg, strategy)
     for key, value in meta.get("layout", {}).items():
         if expected.get(key) != value:
@@ -181,7 +190,8 @@ def fit(strategy, x_train, y_train, x_test, y_test, cfg: TrainConfig, log=None) 
             rank = _checkpoint_rank(strategy)
             if rank is not None or strategy.is_main:
                 meta = {"layout": _layout_key(cfg, strategy), "history": history}
-                save_checkpoint(cfg.checkpoint_dir, epoch, strategy.state_dict(), meta, rank=rank)
+                checkpoint.save_checkpoint(cfg.checkpoint_dir, epoch, strategy.state_dict(), meta,
+                                           rank=rank)
     if start >= cfg.epochs:  # resumed a finished run: nothing trained, evaluate once
         val = strategy.evaluate(x_test, y_test)
     metrics = {

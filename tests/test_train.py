@@ -18,6 +18,7 @@ from minilepton.strategy import SingleProcess
 from minilepton.train import (
     NonFiniteLossError,
     TrainConfig,
+    _resume,
     build_model,
     build_optimizer,
     fit,
@@ -210,23 +211,30 @@ def test_a_corrupt_checkpoint_is_a_value_error(tmp_path):
 
 
 class Shard(SingleProcess):
-    """A strategy whose state is one rank's shard (as in tensor / pipeline parallelism)."""
+    """One rank's shard of the state (as in tensor / pipeline parallelism), simulated in-process."""
 
     replicated_state = False
-    rank = 1
+
+    def __init__(self, cfg, rank):
+        model = build_model(cfg)
+        super().__init__(model, build_optimizer(cfg, model.parameters()))
+        self.rank, self.is_main = rank, rank == 0
 
 
-def test_sharded_state_is_checkpointed_per_rank_and_resumed(small, tmp_path):
-    cfg = quiet(epochs=1, checkpoint_dir=str(tmp_path))
-    model = build_model(cfg)
-    fit(Shard(model, build_optimizer(cfg, model.parameters())), *small, cfg)
-    assert os.listdir(tmp_path) == ["epoch_0001.rank01.npz"]
-    resumed = quiet(epochs=2, checkpoint_dir=str(tmp_path), resume=True)
-    fresh = build_model(resumed)
-    strategy = Shard(fresh, build_optimizer(resumed, fresh.parameters()))
-    metrics = fit(strategy, *small, resumed)
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
-    assert list_checkpoints(tmp_path, rank=1) == [1, 2] and list_checkpoints(tmp_path) == []
+def test_sharded_state_is_checkpointed_per_rank_and_resumed_together(small, tmp_path):
+    cfg = quiet(epochs=2, dp=2, checkpoint_dir=str(tmp_path))
+    for rank in (0, 1):
+        fit(Shard(cfg, rank), *small, cfg)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_0001.rank00.npz", "epoch_0001.rank01.npz",
+                                            "epoch_0002.rank00.npz", "epoch_0002.rank01.npz"]
+    os.unlink(tmp_path / "epoch_0002.rank01.npz")  # the job stopped between the ranks' writes
+    resumed = quiet(epochs=3, dp=2, checkpoint_dir=str(tmp_path), resume=True)
+    shards = [Shard(resumed, rank) for rank in (0, 1)]
+    for shard in shards:  # both ranks pick epoch 1, the newest that both saved
+        assert _resume(shard, resumed, lambda line: None)[0] == 1
+    metrics = fit(Shard(resumed, 1), *small, resumed)
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    assert list_checkpoints(tmp_path, rank=1) == [2, 3] and list_checkpoints(tmp_path) == []
+    other_grid = quiet(epochs=4, checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(ValueError, match="world_size"):
-        fit(Shard(fresh, build_optimizer(resumed, fresh.parameters())), *small,
-            quiet(epochs=3, checkpoint_dir=str(tmp_path), resume=True, dp=2))
+        fit(Shard(other_grid, 0), *small, other_grid)
