@@ -238,3 +238,15 @@ def test_sharded_state_is_checkpointed_per_rank_and_resumed_together(small, tmp_
     other_grid = quiet(epochs=4, checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(ValueError, match="world_size"):
         fit(Shard(other_grid, 0), *small, other_grid)
+
+
+def test_progress_bar_only_on_a_terminal_for_long_epochs(monkeypatch):
+    from minilepton import train as train_module
+    strategy = SingleProcess(None, None)
+    monkeypatch.setattr(train_module.sys.stderr, "isatty", lambda: False, raising=False)
+    assert train_module._progress(strategy, 10_000, "Epoch 1/1") is None
+    monkeypatch.setattr(train_module.sys.stderr, "isatty", lambda: True, raising=False)
+    assert train_module._progress(strategy, 10, "Epoch 1/1") is None
+    bar = train_module._progress(strategy, 10_000, "Epoch 1/1")
+    assert bar is not None and bar.total == 10_000
+    bar.close()
