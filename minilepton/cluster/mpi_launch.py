@@ -8,9 +8,12 @@ supervised like the shared-memory one:
 - a rank that raises aborts the whole MPI job; ``WorkerError(rank, message)`` names it, with the
   exception and its traceback;
 - a rank killed by a signal: mpiexec reports the process id, which maps back to its rank;
-- past ``timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
+- a collective that waits past ``timeout_s`` fails on its rank, which aborts the job; past
+  ``job_timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
   still alive is killed by its process id (hydra gives each rank its own session, so killing
-  mpiexec's process group alone would not reach them). The temporary directory always goes.
+  mpiexec's process group alone would not reach them). The temporary directory always goes;
+- if the launcher itself is killed, Linux sends mpiexec SIGTERM (``PR_SET_PDEATHSIG``), which
+  stops the ranks, and the next launch removes the dead job's directory and MPI segments.
 
 Direct runs (``mpiexec -n 4 python -m minilepton train ...``): there is no launcher process;
 ``in_mpi_job()`` tells the program it is one rank of an MPI job, and ``run_direct(fn, args)`` runs
@@ -40,6 +43,8 @@ from ..backend import blas_threads_env, cpu_count
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _STOP_GRACE_S = 3.0
+_JOB_PREFIX = "minilepton-mpi-"
+_PR_SET_PDEATHSIG = 1
 _POLL_S = 0.01  # how often the launcher looks at mpiexec and the ranks' processes
 _MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
 
@@ -136,7 +141,8 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise RuntimeError("backend 'mpi' needs mpiexec (pip install 'minilepton[mpi]')")
-    job_dir = tempfile.mkdtemp(prefix="minilepton-mpi-")
+    _sweep_dead_jobs()
+    job_dir = tempfile.mkdtemp(prefix=_JOB_PREFIX)
     try:
         payload = os.path.join(job_dir, "payload.pkl")
         with open(payload, "wb") as f:
@@ -158,21 +164,66 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def _sweep_dead_jobs(min_age_s: float = 60.0) -> None:
+    """Remove job directories (and their MPI segments) of launchers that were killed: older
+    than ``min_age_s`` and named on no live process's command line."""
+    tmp = tempfile.gettempdir()
+    now = time.time()
+    stale = []
+    for name in os.listdir(tmp):
+        path = os.path.join(tmp, name)
+        try:
+            if name.startswith(_JOB_PREFIX) and now - os.stat(path).st_mtime > min_age_s:
+                stale.append(path)
+        except OSError:
+            continue
+    if not stale:
+        return
+    live = b"\0".join(_cmdlines())
+    for path in stale:
+        if path.encode() not in live:
+            _unlink_job_segments(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _cmdlines():
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                yield f.read()
+        except OSError:
+            continue
+
+
+def _die_with_launcher() -> None:
+    """In mpiexec, before exec (Linux): SIGTERM when the launcher dies, so hydra stops the ranks."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _unlink_job_segments(job_dir) -> None:
     """Unlink the MPI library's /dev/shm segments that an aborted or killed job leaves."""
     from .mpi_worker import unlink_segments  # noqa: PLC0415
 
     for name in os.listdir(job_dir):
         if name.endswith(".shm"):
-            with open(os.path.join(job_dir, name)) as f:
-                unlink_segments(f.read().split())
+            try:
+                with open(os.path.join(job_dir, name)) as f:
+                    unlink_segments(f.read().split())
+            except OSError:
+                continue
 
 
 def _run(cmd, env, job_dir, timeout_s):
     """Run mpiexec, echo its output, keep its last lines and the order in which ranks exited;
     stop everything on timeout or Ctrl-C."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=_die_with_launcher if sys.platform == "linux" else None)
     tail = collections.deque(maxlen=40)
     pumps = [threading.Thread(target=_pump, args=(stream, sink, tail), daemon=True)
              for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
