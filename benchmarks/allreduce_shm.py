@@ -57,10 +57,10 @@ def shm_job(comm, sizes, modes):
         for mode in modes:
             if mode == "arena":
                 x = comm.zeros((n,), np.float32)
-                x[:] = 1.0
+                x[:] = 0.0
                 fn = comm.allreduce
             else:
-                x = np.ones(n, np.float32)
+                x = np.zeros(n, np.float32)
                 algo = "ring" if mode == "ring" else None
                 fn = (lambda a, algo=algo: comm.allreduce(a, algorithm=algo))
             out[(mode, nbytes)] = time_calls(fn, x, calls_for(nbytes), comm.barrier)
@@ -73,7 +73,7 @@ def mpi_worker(sizes):
     world = MPI.COMM_WORLD
     out = {}
     for nbytes in sizes:
-        x = np.ones(nbytes // 4, np.float32)
+        x = np.zeros(nbytes // 4, np.float32)
         fn = (lambda a: world.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM))
         out[str(nbytes)] = time_calls(fn, x, calls_for(nbytes), world.Barrier)
     if world.Get_rank() == 0:

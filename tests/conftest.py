@@ -45,7 +45,8 @@ def small_config():
     channels still hold three messages of 600 float64 values: 8 pieces of 4 KiB)."""
     from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
 
-    return ShmConfig(stage_depth=3, stage_bytes=1024, channel_slots=8, channel_chunk_bytes=4096)
+    return ShmConfig(stage_depth=3, stage_bytes=1024, channel_slots=8, channel_chunk_bytes=4096,
+                     pipeline_bytes=1024)
 
 
 def run_job(backend: str, fn, world_size: int, args=(), **kwargs):

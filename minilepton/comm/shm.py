@@ -16,7 +16,6 @@ live in ``shm_collectives`` (the shared-memory algorithms) and ``ring`` (the rin
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from . import shm_collectives
 from .base import CommError, Communicator
 from .shm_channels import Channels
-from .shm_sync import LINE, timeout_default, wait_counters
+from .shm_sync import LINE, spin_default, timeout_default, wait_counters
 
 log = logging.getLogger(__name__)
+_SMALL_OPS = ("sum", "mean", "max")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class ShmConfig:
     channel_slots: int = 4                  # pieces in flight per (src, dst) channel
     channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
     timeout_s: float = field(default_factory=timeout_default)
+    spin_s: float | None = None             # busy-wait before yielding (None: by cores)
+    pipeline_bytes: int = 256 << 10         # arena all-reduce: piece handed on per step
 
     def block_bytes(self, world_size: int) -> int:
         """Bytes of one group's control block."""
@@ -71,6 +73,9 @@ class ShmCommunicator(Communicator):
         self.link = link
         self.verbose = verbose_default() if verbose is None else verbose
         self.timeout_s = cfg.timeout_s
+        self.spin_s = cfg.spin_s if cfg.spin_s is not None else spin_default(
+            len(members), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
         P = self.world_size
         mm = memoryview(arena.mm)
         self._ctr = mm[self.offset:self.offset + P * 64].cast("q")
@@ -82,11 +87,13 @@ class ShmCommunicator(Communicator):
         self._stage_off = stage_off
         self._stage_raw = arena.view(stage_off, (cfg.stage_depth, P, cfg.stage_bytes), np.uint8)
         self._stage_typed = {}
+        self._slot_lists = {}
+        self._small_bytes = cfg.stage_bytes
         chan_off = stage_off + _round_up(cfg.stage_depth * P * cfg.stage_bytes)
         self.channels = Channels(arena, chan_off, P, rank, cfg.channel_slots,
-                                 cfg.channel_chunk_bytes, cfg.timeout_s, self.members)
-        self._alloc_lo: list = []    # sorted start addresses of my slots of arena arrays
-        self._alloc_info: list = []  # (end address, base offset, slot bytes)
+                                 cfg.channel_chunk_bytes, cfg.timeout_s, self.members,
+                                 self.spin_s)
+        self._owners: dict = {}      # id(array from zeros) -> (array, offset, slot bytes)
         self._peer_cache: dict = {}
 
     # ---- steps: post "arrived at s", wait for everyone
@@ -97,11 +104,13 @@ class ShmCommunicator(Communicator):
         return s
 
     def _wait(self, s: int, what: str) -> None:
-        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members)
+        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members,
+                      self.spin_s)
 
     def _sync(self, what: str) -> int:
         s = self._post()
-        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members)
+        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members,
+                      self.spin_s)
         return s
 
     def _exchange(self, values) -> np.ndarray:
@@ -119,6 +128,15 @@ class ShmCommunicator(Communicator):
         got = self._stage_typed.get(dt)
         if got is None:
             got = self._stage_typed[dt] = self._stage_raw.view(dt)
+        return got
+
+    def slots(self, dtype):
+        """The same ring as nested lists ``[step % depth][rank]`` of 1-D arrays (cheaper to
+        slice in the small-message path than the 3-D view)."""
+        got = self._slot_lists.get(dtype)
+        if got is None:
+            st = self.stage(dtype)
+            got = self._slot_lists[dtype] = [list(st[k]) for k in range(st.shape[0])]
         return got
 
     def _say(self, text: str) -> None:
@@ -149,37 +167,34 @@ class ShmCommunicator(Communicator):
         off = int(self._exchange([off])[0, 0])
         if off < 0:
             raise err or ArenaFullError(f"{what}: does not fit in the shared-memory arena")
-        mine = off + self.rank * slot
-        arr = self.arena.view(mine, shape, dt)
-        lo = self.arena.base_addr + mine
-        i = bisect.bisect(self._alloc_lo, lo)
-        self._alloc_lo.insert(i, lo)
-        self._alloc_info.insert(i, (lo + slot, off, slot))
+        arr = self.arena.view(off + self.rank * slot, shape, dt)
+        self._owners[id(arr)] = (arr, off, slot)
         return arr
 
     def peers_of(self, flat: np.ndarray):
-        """For an arena array of this group: every rank's matching flat view (rank order).
-        For any other array: None."""
-        if not self._alloc_lo:
-            return None
-        addr = flat.ctypes.data
-        key = (addr, flat.size, flat.dtype)
+        """For an arena array of this group (or a contiguous view of one): every rank's matching
+        flat view, in rank order. For any other array: None.
+
+        NumPy gives every view of an array that does not own its memory that array as its
+        ``base``, so the test is one dictionary look-up of the array ``zeros`` returned.
+        """
+        base = flat.base
+        info = self._owners.get(id(base)) if base is not None else None
+        if info is None:
+            info = self._owners.get(id(flat))
+            if info is None:
+                return None
+        owner, off, slot = info
+        inner = flat.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+        key = (off, inner, flat.size, flat.dtype)
         got = self._peer_cache.get(key)
-        if got is not None:
-            return got
-        i = bisect.bisect(self._alloc_lo, addr) - 1
-        if i < 0:
-            return None
-        hi, off, slot = self._alloc_info[i]
-        if addr + flat.nbytes > hi:
-            return None
-        inner = addr - self._alloc_lo[i]
-        views = tuple(self.arena.view(off + q * slot + inner, (flat.size,), flat.dtype)
-                      for q in range(self.world_size))
-        if len(self._peer_cache) > 4096:
-            self._peer_cache.clear()
-        self._peer_cache[key] = views
-        return views
+        if got is None:
+            if len(self._peer_cache) > 4096:
+                self._peer_cache.clear()
+            got = self._peer_cache[key] = tuple(
+                self.arena.view(off + q * slot + inner, (flat.size,), flat.dtype)
+                for q in range(self.world_size))
+        return got
 
     # ---- group operations
     def barrier(self) -> None:
@@ -237,6 +252,13 @@ class ShmCommunicator(Communicator):
 
     # ---- reductions (shm_collectives / ring)
     def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
+        # The latency path (a small private array, nothing watching): one staging step with no
+        # context manager; any other case, and every check, goes through shm_collectives.
+        if (algorithm is None and type(x) is np.ndarray and not self.hooks and self.link is None
+                and not self.verbose and x.nbytes <= self._small_bytes and op in _SMALL_OPS
+                and self.world_size > 1 and x.flags.c_contiguous and x.dtype.kind == "f"
+                and (not self._owners or self.peers_of(x) is None)):
+            return shm_collectives.allreduce_small(self, x, op)
         return shm_collectives.allreduce(self, x, op, algorithm)
 
     def reduce_scatter(self, x, op: str = "sum"):

@@ -30,14 +30,14 @@ class Channels:
     """The P×P channels of one group (the diagonal is unused), seen from rank ``rank``."""
 
     def __init__(self, arena, offset, world_size, rank, n_slots, chunk_bytes, timeout_s,
-                 members):
+                 members, spin_s):
         if chunk_bytes % 64:
             raise ValueError(f"channel chunk_bytes must be a multiple of 64, not {chunk_bytes}")
         self.arena, self.offset = arena, int(offset)
         self.world_size, self.rank = world_size, rank
         self.n_slots, self.chunk_bytes = int(n_slots), int(chunk_bytes)
         self.stride = channel_bytes(n_slots, chunk_bytes)
-        self.timeout_s, self.members = timeout_s, members
+        self.timeout_s, self.members, self.spin_s = timeout_s, members, spin_s
         self._head = [0] * world_size   # pieces I wrote to each dst (mirror of shared head)
         self._tail = [0] * world_size   # pieces I read from each src (mirror of shared tail)
         self._views = {}
@@ -65,7 +65,8 @@ class Channels:
         head = self._head[dst]
         if head - ctr[LINE] >= self.n_slots:
             wait_value(lambda: ctr[LINE], head - self.n_slots + 1, self.timeout_s,
-                       lambda: f"send to rank {self.members[dst]}: channel full and not drained")
+                       lambda: f"send to rank {self.members[dst]}: channel full and not drained",
+                       self.spin_s)
         s = head % self.n_slots
         meta[s, 0] = total
         meta[s, 1] = b - a
@@ -78,7 +79,7 @@ class Channels:
         tail = self._tail[src]
         if ctr[0] <= tail:
             wait_value(lambda: ctr[0], tail + 1, self.timeout_s,
-                       lambda: f"recv from rank {self.members[src]}: nothing arrived")
+                       lambda: f"recv from rank {self.members[src]}: nothing arrived", self.spin_s)
         s = tail % self.n_slots
         if meta[s, 0] != total or meta[s, 1] != b - a:
             raise CommError(f"recv from rank {self.members[src]}: expected a message of "

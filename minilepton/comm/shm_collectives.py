@@ -25,10 +25,12 @@ root (a flat tree).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import ring
-from .shm_sync import wait_counters
+from .shm_sync import LINE, wait_counters
 
 UFUNCS = {"sum": np.add, "mean": np.add, "max": np.maximum}
 ALGORITHMS = (None, "rsag", "ring")
@@ -94,39 +96,82 @@ def allreduce(comm, x, op="sum", algorithm=None):
     return x
 
 
+def allreduce_small(comm, x, op):
+    """``allreduce`` of a private array that fits one staging slot: the same steps as the
+    staged path below, with the bookkeeping of ``_timed`` done inline (no hooks, no link)."""
+    t0 = time.perf_counter()
+    P, r, n = comm.world_size, comm.rank, x.size
+    s = comm._step + 1
+    comm._step = s
+    row = comm.slots(x.dtype)[s % comm.config.stage_depth]
+    flat = x.reshape(-1)
+    row[r][:n] = flat
+    comm._ctr[comm._me] = s
+    wait_counters(comm._ctr, comm._all, s, comm.timeout_s, "allreduce", comm.members,
+                  comm.spin_s)
+    uf = UFUNCS[op]
+    uf(row[0][:n], row[1][:n], out=flat)
+    for q in range(2, P):
+        uf(flat, row[q][:n], out=flat)
+    if op == "mean":
+        np.divide(flat, P, out=flat)
+    stats = comm.stats
+    stats.bytes_sent += 2 * (P - 1) * x.nbytes // P
+    stats.messages_sent += 2 * (P - 1)
+    stats.calls["allreduce"] = stats.calls.get("allreduce", 0) + 1
+    stats.seconds["allreduce"] = stats.seconds.get("allreduce", 0.0) + time.perf_counter() - t0
+    return x
+
+
 def _allreduce_arena(comm, flat, peers, uf, mean):
+    """Reduce-scatter/all-gather in place, pipelined: rank r's chunk is cut into K pieces;
+    after reducing piece k it advances its counter, and a peer copies that piece as soon as it
+    sees the counter move, while the piece is still in r's cache. One step per piece, no
+    barrier between the two phases; a last step says "done reading"."""
     P, r, n = comm.world_size, comm.rank, flat.size
-    comm._sync("allreduce (inputs ready)")
-    a, b = r * n // P, (r + 1) * n // P
-    out = flat[a:b]
-    _ordered(out, [p[a:b] for p in peers], uf, r, _scratch(comm, flat.dtype))
-    if mean:
-        np.divide(out, P, out=out)
-    comm._sync("allreduce (chunks reduced)")
-    for q in range(P):
-        if q != r:
-            qa, qb = q * n // P, (q + 1) * n // P
-            flat[qa:qb] = peers[q][qa:qb]
-    comm._sync("allreduce (chunks gathered)")
+    s0 = comm._sync("allreduce (inputs ready)")
+    piece = max(comm.config.pipeline_bytes // flat.itemsize, 1)
+    K = max(1, -(-(n // P + 1) // piece))  # the same on every rank
+    bounds = [(q * n // P, (q + 1) * n // P) for q in range(P)]
+    cut = [[a + k * (b - a) // K for k in range(K + 1)] for a, b in bounds]
+    scratch = _scratch(comm, flat.dtype)
+    ctr, me, members = comm._ctr, comm._me, comm.members
+    for k in range(K):
+        a, b = cut[r][k], cut[r][k + 1]
+        out = flat[a:b]
+        _ordered(out, [p[a:b] for p in peers], uf, r, scratch)
+        if mean:
+            np.divide(out, P, out=out)
+        comm._step = s0 + k + 1
+        ctr[me] = s0 + k + 1
+        for q in range(P):
+            if q != r:
+                wait_counters(ctr, [q * LINE], s0 + k + 1, comm.timeout_s,
+                              "allreduce (reduced piece)", members, comm.spin_s)
+                qa, qb = cut[q][k], cut[q][k + 1]
+                flat[qa:qb] = peers[q][qa:qb]
+    comm._sync("allreduce (done reading)")
 
 
 def _allreduce_staged(comm, flat, uf, mean):
     P, r, n = comm.world_size, comm.rank, flat.size
-    st = comm.stage(flat.dtype)
-    depth, m = st.shape[0], st.shape[2]
-    ctr, me, idx, t_s, members = comm._ctr, comm._me, comm._all, comm.timeout_s, comm.members
+    ring = comm.slots(flat.dtype)
+    depth, m = len(ring), ring[0][0].size
+    ctr, me, idx, members = comm._ctr, comm._me, comm._all, comm.members
+    t_s, spin_s = comm.timeout_s, comm.spin_s
     for a in range(0, n, m):
         b = min(n, a + m)
+        L = b - a
         s = comm._step + 1
         comm._step = s
-        slots = st[s % depth, :, :b - a]
-        out = flat[a:b]
-        slots[r] = out
+        row = ring[s % depth]
+        out = flat[a:b] if L != n else flat
+        row[r][:L] = out
         ctr[me] = s
-        wait_counters(ctr, idx, s, t_s, "allreduce", members)
-        uf(slots[0], slots[1], out=out)
+        wait_counters(ctr, idx, s, t_s, "allreduce", members, spin_s)
+        uf(row[0][:L], row[1][:L], out=out)
         for q in range(2, P):
-            uf(out, slots[q], out=out)
+            uf(out, row[q][:L], out=out)
         if mean:
             np.divide(out, P, out=out)
 

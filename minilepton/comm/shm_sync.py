@@ -8,9 +8,11 @@ step s, a counter >= s+1 also says "I am done reading the data of step s": buffe
 
 Why polling: a blocking primitive (``multiprocessing.Barrier``, a semaphore) costs about
 150 µs per crossing on a small machine, fifty times an MPI all-reduce of 1 KiB. Polling a
-counter costs tens of nanoseconds; the wait spins briefly, then yields the core (so that an
-oversubscribed peer can run), then sleeps in growing steps, and gives up after ``timeout_s``
-with a ``CommError`` naming the ranks that did not arrive.
+counter costs tens of nanoseconds; the wait spins for ``spin_s`` (long when every worker has
+a core of its own: giving the core away costs far more than a late peer; short when workers
+outnumber cores: the late peer may need this very core), then yields the core, then sleeps in
+growing steps, and gives up after ``timeout_s`` with a ``CommError`` naming the ranks that did
+not arrive.
 
 Counters are read and written through a ``memoryview`` cast to int64: an aligned 8-byte load
 or store, which x86-64 and ARM64 perform atomically; x86's ordered stores make "data, then
@@ -24,10 +26,12 @@ import time
 
 from .base import CommError
 
-LINE = 8          # int64 slots per 64-byte cache line
-SPIN_POLLS = 64   # polls before the first yield
-YIELD_S = 2e-3    # then yield the core for this long before sleeping
-MAX_SLEEP_S = 1e-3
+LINE = 8            # int64 slots per 64-byte cache line
+SPIN_S_DEDICATED = 200e-6  # spin this long when every worker has its own core
+SPIN_S_SHARED = 3e-6       # ... and this long when workers outnumber the cores
+SPIN_POLLS = 64     # polls between looks at the clock in other backends' waits
+YIELD_S = 1e-3      # then yield the core until this long has passed, then sleep
+MAX_SLEEP_S = 200e-6  # sleeps grow from 10 µs to this (a late wake-up costs latency)
 
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
@@ -37,12 +41,18 @@ def timeout_default() -> float:
     return float(os.environ.get("MINILEPTON_COMM_TIMEOUT_S", "60"))
 
 
-def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=None) -> None:
+def spin_default(world_size: int, cores: int) -> float:
+    """How long a wait spins before yielding, for ``world_size`` workers on ``cores`` cores."""
+    return SPIN_S_DEDICATED if world_size <= cores else SPIN_S_SHARED
+
+
+def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=None,
+                  spin_s: float = SPIN_S_SHARED) -> None:
     """Return once ``ctr[i] >= target`` for every ``i`` in ``indices``; raise CommError otherwise.
 
     ``ctr`` is an int64 memoryview, ``indices`` the positions to watch (rank * LINE), ``what``
-    a string (or callable giving one) describing the operation for the error message, and
-    ``members`` maps a group rank to the rank named in errors.
+    a string (or callable giving one) describing the operation for the error message,
+    ``members`` maps a group rank to the rank named in errors, ``spin_s`` is the busy phase.
     """
     for i in indices:          # fast path: everyone is already there
         if ctr[i] < target:
@@ -59,9 +69,11 @@ def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=Non
         else:
             return
         polls += 1
-        if polls < SPIN_POLLS:
+        if polls & 15:
             continue
         now = time.monotonic()
+        if now - t_start < spin_s:
+            continue
         if now - t_start < YIELD_S:
             _yield()
             continue
@@ -77,7 +89,8 @@ def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=Non
         sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
 
 
-def wait_value(read, target: int, timeout_s: float, what) -> None:
+def wait_value(read, target: int, timeout_s: float, what,
+               spin_s: float = SPIN_S_SHARED) -> None:
     """Return once ``read() >= target`` (a channel's head or tail); raise CommError after the
     timeout. ``what`` describes the wait for the error message."""
     if read() >= target:
@@ -87,9 +100,11 @@ def wait_value(read, target: int, timeout_s: float, what) -> None:
     sleep_s = 1e-5
     while read() < target:
         polls += 1
-        if polls < SPIN_POLLS:
+        if polls & 15:
             continue
         now = time.monotonic()
+        if now - t_start < spin_s:
+            continue
         if now - t_start < YIELD_S:
             _yield()
             continue
