@@ -243,3 +243,23 @@ def test_bad_calls_give_one_clear_error(backend):
     assert "NumPy array" in errors[2]
     assert "outside" in errors[3]
     assert "divisible" in errors[4]
+
+
+def _hooks_job(comm):
+    events = []
+    comm.hooks.append(lambda event, op, rank, t_s, nbytes: events.append((event, op, nbytes)))
+    comm.allreduce(np.ones(8, np.float32))
+    comm.barrier()
+    comm.stats.reset()
+    comm.allreduce(np.ones(8, np.float32))
+    return events, comm.stats.as_dict()
+
+
+@pytest.mark.timeout(60)
+def test_hooks_see_every_operation_and_counters_count_them(backend):
+    for events, stats in run_job(backend, _hooks_job, 2):
+        assert [(e, op) for e, op, _ in events] == [
+            ("start", "allreduce"), ("end", "allreduce"), ("start", "barrier"),
+            ("end", "barrier"), ("start", "allreduce"), ("end", "allreduce")]
+        assert events[0][2] == 32  # 2(P-1)/P * 32 bytes
+        assert stats["calls"] == {"allreduce": 1} and stats["bytes_sent"] == 32
