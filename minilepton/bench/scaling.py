@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads per worker")
     parser.add_argument("--backend", choices=("shm", "mpi"), default="shm")
     parser.add_argument("--bucket-bytes", type=int, default=1 << 22)
+    parser.add_argument("--link", default=None,
+                        help="simulated interconnect (nvlink, infiniband, 10gbe, 1gbe)")
     parser.add_argument("--compress", default="none",
                         help="gradient encodings to compare, e.g. none,fp16,topk:0.01")
     parser.add_argument("--overlap", default="off", choices=("off", "on", "both"),
@@ -125,7 +127,8 @@ def run(args) -> int:
                 out = launch(_worker, p, args=(sizes, batch, args.optimizer, args.steps,
                                                args.warmup, args.bucket_bytes, encoding,
                                                overlap == "overlap"),
-                             backend=args.backend, blas_threads=args.blas_threads)[0]
+                             backend=args.backend, blas_threads=args.blas_threads,
+                             link=args.link)[0]
                 samples[(compress, p)].append(out)
                 print(f"round {rnd + 1}/{args.rounds} {compress:>9} P={p}: "
                       f"{out['samples_per_second']:9.0f} samples/s, "
@@ -146,7 +149,8 @@ def run(args) -> int:
     result = {"benchmark": "scaling", "mode": mode, "cores": cpu_count(),
               "blas_threads": args.blas_threads, "model": "mlp " + "-".join(map(str, sizes)),
               "optimizer": args.optimizer, "batch_size": args.batch_size,
-              "backend": args.backend, "steps": args.steps, "rounds": args.rounds,
+              "backend": args.backend, "link": args.link, "steps": args.steps,
+              "rounds": args.rounds,
               "arguments": vars(args), "results": rows}
     print(f"\n{mode} scaling, {result['model']}, batch {args.batch_size}, "
           f"{args.blas_threads} BLAS thread(s) per worker, {cpu_count()} cores")

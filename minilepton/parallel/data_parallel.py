@@ -165,6 +165,8 @@ class DataParallel:
         return on_add
 
     def _reduce_bucket(self, key: int) -> None:
+        if self.comm.world_size == 1:  # the sum over one rank: nothing to send, or to compress
+            return
         b = self.buckets[key]
         self.compressor.allreduce_sum(self.comm, b.buffer, key)
         if self.reduce == "mean":
