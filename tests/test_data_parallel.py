@@ -18,7 +18,7 @@ from minilepton.parallel.balance import DynamicBalancer, static_weights, step_ti
 from minilepton.parallel.compression import TopKCompression, make_compressor
 from minilepton.parallel.data_parallel import DataParallel, DataParallelStrategy, bucket_layout
 from minilepton.parallel.sampler import DistributedSampler, shard_sizes
-from minilepton.strategy import SingleProcess
+from minilepton.strategy import SingleProcess, StepStats
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -302,9 +302,10 @@ def train_worker(comm, x, y, xt, yt, variant):
             local = strat.local_indices(b)
             losses.append(strat.reduce_stats(strat.train_step(x[local], y[local], len(b))))
     acc = strat.evaluate(xt, yt)
-    first, last = losses[:10], losses[-10:]
-    mean = lambda rows: sum(s.loss_sum for s in rows) / sum(s.count for s in rows)  # noqa: E731
-    return mean(first), mean(last), acc.correct / acc.count, strat.comm_report()
+    zero = StepStats(0.0, 0, 0)
+    first, last = sum(losses[:10], zero), sum(losses[-10:], zero)
+    return (first.loss_sum / first.count, last.loss_sum / last.count, acc.correct / acc.count,
+            strat.comm_report())
 
 
 @pytest.mark.timeout(120)

@@ -19,7 +19,7 @@ def arrays():
 
 
 def small(**kw):
-    base = dict(hidden=(16,), epochs=2, batch_size=64, seed=3, verbose=True)
+    base = {"hidden": (16,), "epochs": 2, "batch_size": 64, "seed": 3, "verbose": True}
     return TrainConfig(**{**base, **kw})
 
 
@@ -55,7 +55,7 @@ def test_two_workers_train_the_single_process_model(arrays, capfd, tmp_path):
 @pytest.mark.timeout(90)
 def test_runner_over_mpi_matches_shm(arrays):
     pytest.importorskip("mpi4py")
-    cfg = dict(workers=3, epochs=1, verbose=False, compress="fp16")
+    cfg = {"workers": 3, "epochs": 1, "verbose": False, "compress": "fp16"}
     shm = runner.run(small(**cfg), arrays=arrays, timeout_s=60)
     mpi = runner.run(small(backend="mpi", **cfg), arrays=arrays, timeout_s=60)
     assert mpi["backend"] == "mpi"

@@ -344,7 +344,7 @@ class DataParallelStrategy(Strategy):
     def reduce_stats(self, stats: StepStats) -> StepStats:
         totals = np.array([stats.loss_sum, stats.correct, stats.count], dtype=np.float64)
         self.comm.allreduce(totals, op="sum")
-        return StepStats(float(totals[0]), int(round(totals[1])), int(round(totals[2])))
+        return StepStats(float(totals[0]), round(totals[1]), round(totals[2]))
 
     def evaluate(self, x, y, batch_size: int = 1024) -> StepStats:
         """Each rank scores a contiguous slice of (x, y); the totals are all-reduced."""

@@ -17,7 +17,6 @@ import os
 from ..config import TrainConfig
 
 
-
 def normalise(cfg: TrainConfig) -> TrainConfig:
     """``--workers P`` alone means ``--dp P`` (data parallel across all the workers)."""
     if cfg.workers is not None and cfg.dp * cfg.tp * cfg.pp == 1 and cfg.workers > 1:
