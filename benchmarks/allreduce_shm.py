@@ -4,8 +4,8 @@
     python benchmarks/allreduce_shm.py --workers 2 --sizes 1KiB,1MiB,16MiB --rounds 5
 
 Rounds interleave the contenders (shm arena arrays, shm private arrays, shm ring, MPI) so that
-a slow window of a shared machine hits them all alike; each round times many calls per size,
-and the table reports the median over rounds of the time per call, the bus bandwidth
+a slow window of a shared machine hits them all alike; each round times many calls per size one
+by one and keeps their median, and the table reports the median over rounds of that time, the bus bandwidth
 busbw = 2(P−1)/P · bytes / time (the nccl-tests convention) and the ratio to MPICH.
 MPI runs as ``mpiexec -n P python this_file --mpi-worker ...`` when mpi4py and mpiexec exist.
 """
@@ -40,13 +40,17 @@ def calls_for(nbytes: int) -> int:
 
 
 def time_calls(fn, x, calls: int, barrier) -> float:
+    """Median seconds per call (each call timed on its own: on a shared machine a preempted
+    call is an outlier, not a trend)."""
     fn(x)  # warm up (page faults, caches)
     barrier()
-    t0 = time.perf_counter()
-    for _ in range(calls):
+    times = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
         fn(x)
+        times[i] = time.perf_counter() - t0
     barrier()
-    return (time.perf_counter() - t0) / calls
+    return float(np.median(times))
 
 
 def shm_job(comm, sizes, modes):
@@ -101,6 +105,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--modes", default="arena,private,ring")
     ap.add_argument("--no-mpi", action="store_true")
+    ap.add_argument("--config", default="", help="ShmConfig fields, e.g. spin_s=3e-6,stage_bytes=1048576")
     ap.add_argument("--json", default=None, help="write the medians here")
     ap.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -109,12 +114,18 @@ def main(argv=None):
         return mpi_worker(sizes)
     from minilepton.cluster import launch  # noqa: PLC0415
 
+    from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
+
+    fields = dict(kv.split("=") for kv in args.config.split(",") if kv)
+    types = {f: type(getattr(ShmConfig(), f) or 0.0) for f in fields}
+    config = {f: types[f](float(v)) for f, v in fields.items()}
     modes = args.modes.split(",")
     table = []
     for P in [int(p) for p in args.workers.split(",")]:
         runs = {}
         for _ in range(args.rounds):
-            for key, t in launch(shm_job, P, args=(sizes, modes))[0].items():
+            job = launch(shm_job, P, args=(sizes, modes), config=ShmConfig(**config))
+            for key, t in job[0].items():
                 runs.setdefault(key, []).append(t)
             mpi = None if args.no_mpi else run_mpi(P, sizes)
             for nbytes, t in (mpi or {}).items():

@@ -38,6 +38,21 @@ def share(world_size: int, blas_threads: int | None = None) -> int:
     return max(1, cores() // max(1, world_size))
 
 
+def core_sets(world_size: int, pin: bool | None = None) -> tuple:
+    """Disjoint core sets, one per rank (``cores // world_size`` each), or () for no pinning.
+    By default workers are pinned when each can have a core of its own (2 <= P <= cores)."""
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return ()
+    if pin is None:
+        pin = 2 <= world_size <= len(available)
+    if not pin or world_size > len(available):
+        return ()
+    k = len(available) // world_size
+    return tuple(frozenset(available[r * k:(r + 1) * k]) for r in range(world_size))
+
+
 def thread_env(threads: int) -> dict:
     return {var: str(threads) for var in THREAD_VARS}
 

@@ -48,7 +48,7 @@ class WorkerError(RuntimeError):
 
 def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_method=None,
            blas_threads=None, link=None, node_speeds=None, log_dir=None, env=None,
-           arena_bytes=None, config: ShmConfig | None = None):
+           arena_bytes=None, config: ShmConfig | None = None, pin_cores: bool | None = None):
     """Run ``fn(comm, *args)`` in ``world_size`` worker processes; their results in rank order.
 
     ``timeout_s``: how long a collective waits for a stalled peer (default 60 s, or
@@ -57,7 +57,9 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     threads per worker (default: cores // world_size, at least 1). ``link``: a simulated
     interconnect (``simulate.PROFILES`` name or ``LinkModel``); ``node_speeds``: one speed
     factor per rank. ``log_dir``: one log file per rank. ``env``: extra environment variables
-    for the workers. ``arena_bytes``: the shared-memory arena's (virtual) size.
+    for the workers. ``arena_bytes``: the shared-memory arena's (virtual) size. ``pin_cores``:
+    give each worker its own cores (default: when there are at least as many cores as workers,
+    so that a worker polling for its peer never sits on the core that peer needs).
     """
     if backend == "mpi":
         from .mpi_launch import launch_mpi  # noqa: PLC0415 - needs mpi4py
@@ -86,7 +88,8 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     try:
         offset = arena.alloc(config.block_bytes(world_size), "the job's control block")
         spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
-                          log_dir, spec_link, speeds, dict(env or {}))
+                          blas.core_sets(world_size, pin_cores), log_dir, spec_link, speeds,
+                          dict(env or {}))
         job.start(fn, tuple(args), spec)
         results = job.supervise()
         job.finished = True

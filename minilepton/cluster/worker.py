@@ -31,6 +31,7 @@ class WorkerSpec:
     blas_threads: int
     log_level: int
     parent_pid: int
+    cores: tuple = ()  # pin this worker to these cores ((): no pinning), one list per rank
     log_dir: str | None = None
     link: object = None
     node_speeds: list | None = None
@@ -53,6 +54,8 @@ def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -
     _die_with_parent(spec.parent_pid)
     os.environ.update(spec.env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    if spec.cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec.cores[rank])
     blas.limit_threads(spec.blas_threads)
     logs.setup_worker(rank, log_queue, spec.log_level, spec.log_dir)
     comm = None
