@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minilepton.parallel.schedules import (BACKWARD, FORWARD, bubble_fraction, diagram, gpipe,
-                                            in_flight, one_f_one_b, plan_bubble, schedule)
+                                            in_flight, one_f_one_b, plan_bubble, replay,
+                                            schedule)
 
 sizes = st.tuples(st.integers(1, 12), st.integers(1, 6))  # (micro_batches, stages)
 names = st.sampled_from(["gpipe", "1f1b"])
@@ -62,3 +63,22 @@ def test_bad_arguments():
         schedule("zigzag", 4, 2)
     with pytest.raises(ValueError, match="at least 1 micro-batch"):
         schedule("gpipe", 0, 2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes, names, st.floats(0.5, 3.0))
+def test_replay_with_measured_durations(mp, name, backward_cost):
+    """Equal stages reproduce theory for any forward/backward cost ratio; a slow stage adds
+    bubble on the others."""
+    m_count, stages = mp
+    plan = schedule(name, m_count, stages)
+
+    def orders(slow_stage=None):
+        return [[(op.micro_batch, op.phase,
+                  (1.0 if op.phase == FORWARD else backward_cost) * (3 if s == slow_stage else 1))
+                 for op in plan if op.stage == s] for s in range(stages)]
+    result = replay(orders())
+    assert result["bubble"] == pytest.approx(bubble_fraction(stages, m_count))
+    assert result["makespan_s"] == pytest.approx((m_count + stages - 1) * (1 + backward_cost))
+    if stages > 1 and m_count > 1:
+        assert replay(orders(slow_stage=0))["bubble"] > result["bubble"]

@@ -118,6 +118,7 @@ class PipelineParallel:
         self.meter = ActivationMeter()
         self.last_seconds = {"wall": 0.0, "compute": 0.0}
         self._plans: dict = {}
+        self.last_ops: list = []
 
     @property
     def is_first(self) -> bool:
@@ -146,7 +147,7 @@ class PipelineParallel:
         bounds = np.linspace(0, len(x), M + 1).astype(int)
         dtype = self.module.parameters()[0].dtype
         by_step = self._plan(M)
-        inbox, stash = {}, {}
+        inbox, stash, executed = {}, {}, []
         stats = np.zeros(3)  # loss_sum, correct, count (filled on the last stage)
         compute_s, t_start = 0.0, time.perf_counter()
         s = self.stage
@@ -154,7 +155,7 @@ class PipelineParallel:
             ops = by_step.get(step, {})
             mine = ops.get(s)
             if mine is not None:
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.thread_time()
                 m = mine.micro_batch
                 rows = slice(bounds[m], bounds[m + 1])
                 try:
@@ -169,8 +170,10 @@ class PipelineParallel:
                                        f"the {mine.phase} of micro-batch {m}: "
                                        f"{type(exc).__name__}: {exc}") from exc
                 compute_s += time.perf_counter() - t0
+                executed.append((m, mine.phase, time.thread_time() - cpu0))
             self._exchange(ops, stash, inbox, bounds, dtype)
         self.last_seconds = {"wall": time.perf_counter() - t_start, "compute": compute_s}
+        self.last_ops = executed  # (micro_batch, phase, CPU seconds), in execution order
         if self.stages > 1:
             self.comm.broadcast(stats, root=self.stages - 1)
         return StepStats(float(stats[0]), int(stats[1]), int(stats[2]))

@@ -132,6 +132,43 @@ def in_flight(plan, stage: int) -> int:
     return peak
 
 
+def replay(orders, latency_s: float = 0.0) -> dict:
+    """Time stage orders with measured durations on an ideal clock (one device per stage).
+
+    ``orders[s]`` is stage s's executed list of (micro_batch, phase, seconds). Each op starts when
+    its stage is free and its dependencies have finished (plus ``latency_s`` for a message from
+    another stage). Returns the makespan, each stage's busy seconds and the bubble fraction
+    1 − Σ busy / (P × makespan): the bubble the same work would have without a shared CPU.
+    """
+    stages = len(orders)
+    finish: dict = {}
+    free = [0.0] * stages
+    cursor = [0] * stages
+    while any(cursor[s] < len(orders[s]) for s in range(stages)):
+        progressed = False
+        for s in range(stages):
+            while cursor[s] < len(orders[s]):
+                m, phase, seconds = orders[s][cursor[s]]
+                if phase == FORWARD:
+                    deps = [((m, s - 1, FORWARD), latency_s)] if s > 0 else []
+                else:
+                    deps = [((m, s, FORWARD), 0.0)]
+                    if s < stages - 1:
+                        deps.append(((m, s + 1, BACKWARD), latency_s))
+                if any(d not in finish for d, _ in deps):
+                    break
+                start = max([free[s]] + [finish[d] + lag for d, lag in deps])
+                free[s] = finish[(m, s, phase)] = start + seconds
+                cursor[s] += 1
+                progressed = True
+        if not progressed:
+            raise ValueError("the stage orders deadlock")
+    makespan = max(free)
+    busy = [sum(op[2] for op in order) for order in orders]
+    bubble = 1.0 - sum(busy) / (stages * makespan) if makespan > 0 else 0.0
+    return {"makespan_s": makespan, "busy_s": busy, "bubble": bubble}
+
+
 def diagram(plan) -> str:
     """ASCII chart: one row per stage, one column per step, ``F3``/``B3`` or ``..`` (idle)."""
     plan = list(plan)
