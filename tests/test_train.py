@@ -28,6 +28,23 @@ from minilepton.train import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """Batches of 32 gain nothing from BLAS threads, and on a busy machine idle threads spin."""
+    from minilepton.cluster import blas
+    saved_env = {k: os.environ.get(k) for k in blas.THREAD_VARS}
+    before = blas.current_threads()
+    blas.limit_threads(1)
+    yield
+    if before:
+        blas.limit_threads(before)
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def arrays():
     """The embedded dataset as float arrays (6,000 train / 1,000 test)."""
