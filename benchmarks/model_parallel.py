@@ -139,16 +139,23 @@ def figure(path: str) -> None:
     stages, micro_batches = 4, 8
     width, rows = (128, 128) if QUICK else (512, 512)
     theory = bubble_fraction(stages, micro_batches)
-    fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
-    for ax, name in zip(axes, ("gpipe", "1f1b")):
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10))
+    for k, name in enumerate(("gpipe", "1f1b")):
+        label = "GPipe" if name == "gpipe" else "1F1B"
         ranks = launch(_pipeline_worker, stages,
                        (width, stages, micro_batches, rows, name, 3, True))
         events = [e for r in ranks for e in r["events"]]
         measured = statistics.mean(r["bubble"] for r in ranks)
-        peak = ranks[0]["peak_activation_bytes"]
-        gantt(ax, events, f"{'GPipe' if name == 'gpipe' else '1F1B'}: bubble measured "
-              f"{measured:.2f} (theory {theory:.2f}); stage 0 holds {human_bytes(peak)} of "
-              f"activations at peak", label="stage")
+        peak = human_bytes(ranks[0]["peak_activation_bytes"])
+        gantt(axes[2 * k], events, f"{label}, wall clock on {ml.backend.cpu_count()} shared "
+              f"cores: idle share {measured:.2f} (theory {theory:.2f}); stage 0 holds {peak} "
+              f"of activations at peak", label="stage")
+        ideal = replay([r["ops"][-1] for r in ranks])
+        spans = [{"name": phase, "rank": s, "start_s": a, "end_s": b,
+                  "args": {"micro_batch": m}} for s, m, phase, a, b in ideal["spans"]]
+        gantt(axes[2 * k + 1], spans, f"{label}, the same ops with their measured CPU times on "
+              f"one device per stage: bubble {ideal['bubble']:.2f} (theory {theory:.2f})",
+              t0=0.0, label="stage")
     handles = [matplotlib.patches.Patch(color=COLORS[k], label=k)
                for k in ("forward", "backward", "send", "recv", "collective")]
     axes[0].legend(handles=handles, loc="upper right", fontsize=7, ncols=5)

@@ -137,11 +137,13 @@ def replay(orders, latency_s: float = 0.0) -> dict:
 
     ``orders[s]`` is stage s's executed list of (micro_batch, phase, seconds). Each op starts when
     its stage is free and its dependencies have finished (plus ``latency_s`` for a message from
-    another stage). Returns the makespan, each stage's busy seconds and the bubble fraction
-    1 − Σ busy / (P × makespan): the bubble the same work would have without a shared CPU.
+    another stage). Returns the makespan, each stage's busy seconds, the bubble fraction
+    1 − Σ busy / (P × makespan) (the bubble the same work would have without a shared CPU), and
+    ``spans``: (stage, micro_batch, phase, start_s, end_s) of every op.
     """
     stages = len(orders)
     finish: dict = {}
+    spans = []
     free = [0.0] * stages
     cursor = [0] * stages
     while any(cursor[s] < len(orders[s]) for s in range(stages)):
@@ -159,6 +161,7 @@ def replay(orders, latency_s: float = 0.0) -> dict:
                     break
                 start = max([free[s]] + [finish[d] + lag for d, lag in deps])
                 free[s] = finish[(m, s, phase)] = start + seconds
+                spans.append((s, m, phase, start, start + seconds))
                 cursor[s] += 1
                 progressed = True
         if not progressed:
@@ -166,7 +169,7 @@ def replay(orders, latency_s: float = 0.0) -> dict:
     makespan = max(free)
     busy = [sum(op[2] for op in order) for order in orders]
     bubble = 1.0 - sum(busy) / (stages * makespan) if makespan > 0 else 0.0
-    return {"makespan_s": makespan, "busy_s": busy, "bubble": bubble}
+    return {"makespan_s": makespan, "busy_s": busy, "bubble": bubble, "spans": spans}
 
 
 def diagram(plan) -> str:
