@@ -220,7 +220,7 @@ def test_every_rank_gets_the_same_bits_run_after_run(backend):
     assert len(set(first)) == 1 and first == again
 
 
-def _errors_job(comm):
+def _api_job(comm):
     errors = []
     for call in (lambda: comm.allreduce(np.zeros(3), op="median"),
                  lambda: comm.allreduce(np.zeros((4, 4))[:, 1]),
@@ -232,32 +232,23 @@ def _errors_job(comm):
             errors.append(None)
         except (ValueError, TypeError) as exc:
             errors.append(str(exc))
-    return errors
-
-
-@pytest.mark.timeout(60)
-def test_bad_calls_give_one_clear_error(backend):
-    errors = run_job(backend, _errors_job, 2)[0]
-    assert "unknown reduction op 'median'" in errors[0]
-    assert "C-contiguous" in errors[1]
-    assert "NumPy array" in errors[2]
-    assert "outside" in errors[3]
-    assert "divisible" in errors[4]
-
-
-def _hooks_job(comm):
     events = []
     comm.hooks.append(lambda event, op, rank, t_s, nbytes: events.append((event, op, nbytes)))
     comm.allreduce(np.ones(8, np.float32))
     comm.barrier()
     comm.stats.reset()
     comm.allreduce(np.ones(8, np.float32))
-    return events, comm.stats.as_dict()
+    return errors, events, comm.stats.as_dict()
 
 
 @pytest.mark.timeout(60)
-def test_hooks_see_every_operation_and_counters_count_them(backend):
-    for events, stats in run_job(backend, _hooks_job, 2):
+def test_bad_calls_give_one_clear_error_and_hooks_see_every_operation(backend):
+    for errors, events, stats in run_job(backend, _api_job, 2):
+        assert "unknown reduction op 'median'" in errors[0]
+        assert "C-contiguous" in errors[1]
+        assert "NumPy array" in errors[2]
+        assert "outside" in errors[3]
+        assert "divisible" in errors[4]
         assert [(e, op) for e, op, _ in events] == [
             ("start", "allreduce"), ("end", "allreduce"), ("start", "barrier"),
             ("end", "barrier"), ("start", "allreduce"), ("end", "allreduce")]

@@ -159,7 +159,8 @@ def test_200_launches_leave_shm_and_file_descriptors_as_they_were():
     launch(tiny_job, 1)  # the first launch opens what stays open (imports, the log relay's lock)
     fds = sorted(os.listdir("/proc/self/fd"))
     for i in range(200):
-        assert launch(tiny_job, 1 + i % 2) == list(range(1 + i % 2))
+        P = 2 if i % 10 == 0 else 1  # mostly one worker: a fork is what a launch costs
+        assert launch(tiny_job, P) == list(range(P))
     assert not _segments()
     assert len(os.listdir("/proc/self/fd")) <= len(fds) + 1  # +1: listdir's own descriptor
 

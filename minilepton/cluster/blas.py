@@ -57,7 +57,12 @@ def thread_env(threads: int) -> dict:
     return {var: str(threads) for var in THREAD_VARS}
 
 
+_LIB = []  # the OpenBLAS handle, once found (inherited by forked workers)
+
+
 def _openblas():
+    if _LIB:
+        return _LIB[0]
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
@@ -65,10 +70,17 @@ def _openblas():
         return None
     for path in sorted(paths):
         try:
-            return ctypes.CDLL(path)
+            _LIB.append(ctypes.CDLL(path))
+            return _LIB[0]
         except OSError:
             continue
     return None
+
+
+def prepare() -> None:
+    """Find the BLAS library in the launcher, so that forked workers need not search."""
+    if "numpy" in __import__("sys").modules:
+        _openblas()
 
 
 def limit_threads(threads: int) -> None:

@@ -81,12 +81,14 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     spec_link = simulate.link_model(link)
     speeds = simulate.check_node_speeds(node_speeds, world_size)
     threads = blas.share(world_size, blas_threads)
+    blas.prepare()
     ctx = mp.get_context(start_method)
     arena = Arena.create(arena_bytes)
     job = _Job(world_size, arena, ctx)
     previous_term = _exit_on_sigterm()
     try:
-        offset = arena.alloc(config.block_bytes(world_size), "the job's control block")
+        offset = arena.alloc(config.block_bytes(world_size), "the job's control block",
+                             reserve=False)
         spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
                           blas.core_sets(world_size, pin_cores), log_dir, spec_link, speeds,
                           dict(env or {}))
@@ -208,13 +210,14 @@ class _Job:
             for p in self.procs:
                 if p.is_alive():
                     p.kill()
-                    p.join(5.0)
+                    p.join()  # SIGKILL cannot be refused: this returns
             self.arena.unlink()
             self.arena.close()
             for conn in self.conns:
                 conn.close()
             for p in self.procs:
-                p.close() if p.exitcode is not None else None
+                if p.exitcode is not None:
+                    p.close()
             self.relay.stop()
         finally:
             _unblock_sigint(blocked)

@@ -4,8 +4,9 @@ The launcher creates the arena (a sparse file of ``size_bytes``; nothing is touc
 is handed out), every worker maps the whole of it, and the launcher unlinks it when the job
 ends, however it ends. Space is handed out by a bump allocator whose pointer lives in the
 arena's first page and is guarded by ``flock`` on the file, so groups made by ``split`` can
-allocate at the same time. Each allocation is reserved with ``posix_fallocate``, so running
-out of shared memory is a clear ``ArenaFullError`` at allocation time, never a SIGBUS later.
+allocate at the same time. Arrays are reserved with ``posix_fallocate`` when handed out, so
+running out of shared memory is a clear ``ArenaFullError`` at allocation time, not a SIGBUS
+later; control blocks (mostly untouched staging space) are only checked against free space.
 
 We use a plain file plus ``mmap`` rather than ``multiprocessing.shared_memory``: the latter's
 resource tracker (Python < 3.13) unlinks or warns about segments that worker processes
@@ -108,8 +109,12 @@ class Arena:
             raise CommError(f"{path} is not a minilepton arena")
         return cls(path, int(size_bytes), fd, mapped=True)
 
-    def alloc(self, nbytes: int, what: str = "allocation") -> int:
-        """Reserve ``nbytes`` (page aligned) and return their offset; raise when they don't fit."""
+    def alloc(self, nbytes: int, what: str = "allocation", reserve: bool = True) -> int:
+        """Hand out ``nbytes`` (page aligned) and return their offset; raise when they don't fit.
+
+        ``reserve=True`` backs them with memory now (``posix_fallocate``): arrays that will be
+        written whole. ``reserve=False`` only checks that the machine's shared memory has room
+        (control blocks, of which only the first pages of each buffer may ever be touched)."""
         nbytes = _round_up(max(int(nbytes), 1))
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -120,7 +125,12 @@ class Arena:
                     f"({(self.size_bytes - top) / 2**20:.1f} MiB of {self.size_bytes / 2**20:.0f} "
                     "MiB left); raise launch(arena_bytes=...) or MINILEPTON_ARENA_BYTES")
             try:
-                os.posix_fallocate(self._fd, top, nbytes)
+                if reserve:
+                    os.posix_fallocate(self._fd, top, nbytes)
+                else:
+                    fs = os.fstatvfs(self._fd)
+                    if fs.f_bavail * fs.f_frsize < nbytes:
+                        raise OSError(28, "No space left on device")
             except OSError as exc:
                 raise ArenaFullError(
                     f"{what} of {nbytes / 2**20:.1f} MiB: the machine's shared memory "

@@ -220,7 +220,8 @@ class ShmCommunicator(Communicator):
         err, off = None, 0
         if new_rank == 0:
             try:
-                off = self.arena.alloc(self.config.block_bytes(len(ranks)), "a split group")
+                off = self.arena.alloc(self.config.block_bytes(len(ranks)), "a split group",
+                                       reserve=False)
             except ArenaFullError as exc:
                 err, off = exc, -1
         offs = self._exchange([off])
