@@ -79,6 +79,7 @@ def test_replay_with_measured_durations(mp, name, backward_cost):
                  for op in plan if op.stage == s] for s in range(stages)]
     result = replay(orders())
     assert result["bubble"] == pytest.approx(bubble_fraction(stages, m_count))
+    assert result["bubble_busiest"] == pytest.approx(result["bubble"])
     assert result["makespan_s"] == pytest.approx((m_count + stages - 1) * (1 + backward_cost))
     if stages > 1 and m_count > 1:
         assert replay(orders(slow_stage=0))["bubble"] > result["bubble"]

@@ -137,9 +137,11 @@ def replay(orders, latency_s: float = 0.0) -> dict:
 
     ``orders[s]`` is stage s's executed list of (micro_batch, phase, seconds). Each op starts when
     its stage is free and its dependencies have finished (plus ``latency_s`` for a message from
-    another stage). Returns the makespan, each stage's busy seconds, the bubble fraction
-    1 − Σ busy / (P × makespan) (the bubble the same work would have without a shared CPU), and
-    ``spans``: (stage, micro_batch, phase, start_s, end_s) of every op.
+    another stage). Returns the makespan, each stage's busy seconds, ``bubble`` =
+    1 − Σ busy / (P × makespan) (the idle share the same work would have without a shared CPU;
+    it includes the cost of unequal stages), ``bubble_busiest`` = 1 − max busy / makespan (the
+    busiest stage's idle share: the fill-and-drain bubble alone), and ``spans``:
+    (stage, micro_batch, phase, start_s, end_s) of every op.
     """
     stages = len(orders)
     finish: dict = {}
@@ -168,8 +170,12 @@ def replay(orders, latency_s: float = 0.0) -> dict:
             raise ValueError("the stage orders deadlock")
     makespan = max(free)
     busy = [sum(op[2] for op in order) for order in orders]
-    bubble = 1.0 - sum(busy) / (stages * makespan) if makespan > 0 else 0.0
-    return {"makespan_s": makespan, "busy_s": busy, "bubble": bubble, "spans": spans}
+    if makespan <= 0:
+        return {"makespan_s": 0.0, "busy_s": busy, "bubble": 0.0, "bubble_busiest": 0.0,
+                "spans": spans}
+    return {"makespan_s": makespan, "busy_s": busy, "spans": spans,
+            "bubble": 1.0 - sum(busy) / (stages * makespan),
+            "bubble_busiest": 1.0 - max(busy) / makespan}
 
 
 def diagram(plan) -> str:
