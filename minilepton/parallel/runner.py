@@ -35,6 +35,9 @@ def check(cfg: TrainConfig, sizes) -> None:
     elif cfg.tp * cfg.pp != 1 or cfg.dp != cfg.world_size:
         raise ValueError(f"data parallelism needs --dp {cfg.world_size} (= --workers), "
                          f"not --dp {cfg.dp} --tp {cfg.tp} --pp {cfg.pp}")
+    if cfg.sync_every > 1 and cfg.compress != "none":
+        raise ValueError("--compress applies to the gradient all-reduce; it cannot be combined "
+                         "with --sync-every > 1 (local SGD averages parameters instead)")
     if cfg.tp * cfg.pp == 1 and cfg.device == "gpu":
         raise ValueError("data parallelism over shared memory runs on the CPU; use --device cpu")
 
