@@ -170,7 +170,7 @@ def test_other_collectives_and_counters(P):
 
 
 @pytest.mark.timeout(90)
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(P=st.integers(1, 4), n=st.integers(0, 20_000), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 2**16), op=st.sampled_from(["sum", "mean", "max"]),
        rows=st.sampled_from([1, 2, 3]))

@@ -53,11 +53,6 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def calls_for(nbytes: int, target_ms: float) -> int:
-    """Calls per timed repeat: about ``target_ms`` of work at ~2 GB/s, between 3 and 2000."""
-    return int(max(3, min(2000, target_ms * 1e-3 * 2e9 / nbytes)))
-
-
 # ---- what runs on the ranks
 def _time(allreduce, x, calls: int, barrier) -> float:
     barrier()
@@ -80,7 +75,7 @@ def minilepton_job(comm, sizes, paths, algorithm, repeats, target_ms):
     buffers = _arrays(comm, sizes, paths)
     def allreduce(x):
         return comm.allreduce(x, algorithm=algorithm)
-    return _cycle(allreduce, buffers, sizes, repeats, target_ms, comm.barrier)
+    return _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, comm.barrier)
 
 
 def raw_mpi_job(comm, sizes, repeats, target_ms):
@@ -91,20 +86,35 @@ def raw_mpi_job(comm, sizes, repeats, target_ms):
     buffers = {"private": np.zeros(max(sizes) // 4, np.float32)}
     def allreduce(x):
         return world.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
-    times = _cycle(allreduce, buffers, sizes, repeats, target_ms, world.Barrier)
+    times = _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, world.Barrier)
     return times, MPI.Get_library_version().splitlines()[0].strip()
 
 
-def _cycle(allreduce, buffers, sizes, repeats, target_ms, barrier):
-    times: dict = {}
-    for x in buffers.values():  # warm up: page faults, scratch buffers
+def _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, barrier):
+    """Warm up, agree on a number of calls per (path, size), then time the repeats, cycling
+    over sizes and paths."""
+    for x in buffers.values():  # page faults, scratch buffers
         allreduce(x[:max(sizes) // 4])
+    calls = {}
+    for nbytes in sizes:
+        for path, buf in buffers.items():
+            t = _time(allreduce, buf[:nbytes // 4], 2, barrier)
+            calls[(path, nbytes)] = _agreed_calls(comm, target_ms * 1e-3 / max(t, 1e-7))
+    times: dict = {}
     for _ in range(repeats):
         for nbytes in sizes:
             for path, buf in buffers.items():
-                t = _time(allreduce, buf[:nbytes // 4], calls_for(nbytes, target_ms), barrier)
+                t = _time(allreduce, buf[:nbytes // 4], calls[(path, nbytes)], barrier)
                 times.setdefault((path, nbytes), []).append(t)
     return times
+
+
+def _agreed_calls(comm, wanted: float) -> int:
+    """The largest wish over the ranks, between 3 and 3000 (every rank must make the same
+    number of calls)."""
+    x = np.array([min(max(wanted, 3.0), 3000.0)])
+    comm.allreduce(x, op="max")
+    return int(x[0])
 
 
 # ---- the launcher side
@@ -160,6 +170,8 @@ def measure(args) -> dict:
                                          args.target_ms))[0]
                 for (path, nbytes), ts in times.items():
                     runs.setdefault((backend, algorithm, path, nbytes), []).extend(ts)
+                print(f"P={P} round {rnd + 1}/{args.rounds}: {backend} {algorithm} done",
+                      file=sys.stderr, flush=True)
         rows += _rows(P, runs, sizes)
     return {"machine": _machine(library, {P: share(int(P)) for P in args.workers.split(",")}),
             "command": _command(args),
