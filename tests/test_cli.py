@@ -104,7 +104,11 @@ def test_debug_shows_the_traceback():
 
 @pytest.mark.timeout(60)
 def test_ctrl_c_exits_130_with_one_line():
-    proc = subprocess.Popen([sys.executable, "-m", "minilepton", "train", "--epochs", "1000",
+    # A job started in the background inherits SIGINT ignored, so Python would never raise
+    # KeyboardInterrupt; install the handler a terminal session gets, then run the CLI.
+    entry = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from minilepton.cli import main; sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", entry, "train", "--epochs", "1000",
                              "--hidden", "16", "--batch-size", "256"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
