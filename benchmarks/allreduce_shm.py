@@ -35,14 +35,15 @@ def parse_size(text: str) -> int:
 
 
 def calls_for(nbytes: int) -> int:
-    """Enough calls for ~20 ms of work at a few GB/s, at least 5."""
-    return int(max(5, min(3000, 4e7 / max(nbytes, 1))))
+    """Calls per size and round: ~20 ms of work at a few GB/s, at least 30 (a median of many)."""
+    return int(max(30, min(3000, 4e7 / max(nbytes, 1))))
 
 
 def time_calls(fn, x, calls: int, barrier) -> float:
     """Median seconds per call (each call timed on its own: on a shared machine a preempted
     call is an outlier, not a trend)."""
     fn(x)  # warm up (page faults, caches)
+    fn(x)
     barrier()
     times = np.empty(calls)
     for i in range(calls):

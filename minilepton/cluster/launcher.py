@@ -135,7 +135,7 @@ class _Job:
                 os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
                 recv_end, send_end = self.ctx.Pipe(duplex=False)
                 proc = self.ctx.Process(
-                    target=worker_main, name=f"minilepton-rank{rank}", daemon=True,
+                    target=worker_main, name=f"minilepton-rank{rank}",
                     args=(rank, self.world_size, fn, args, spec, send_end, self.relay.queue))
                 self.procs.append(proc)
                 self.conns.append(recv_end)

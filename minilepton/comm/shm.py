@@ -26,7 +26,8 @@ from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from . import shm_collectives
 from .base import CommError, Communicator
 from .shm_channels import Channels
-from .shm_sync import LINE, spin_default, timeout_default, wait_counters
+from .shm_sync import (LINE, SPIN_S_DEDICATED, spin_default, timeout_default,
+                       wait_counters)
 
 log = logging.getLogger(__name__)
 _SMALL_OPS = ("sum", "mean", "max")
@@ -37,12 +38,13 @@ class ShmConfig:
     """Sizes of a group's buffers and the stall timeout (see the module docstring)."""
 
     stage_depth: int = 8                    # staging slots per rank (a ring of them)
-    stage_bytes: int = 512 << 10            # bytes per staging slot: about half a core's L2
+    stage_bytes: int = 1 << 20              # bytes per staging slot: about one core's L2
     channel_slots: int = 4                  # pieces in flight per (src, dst) channel
     channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
     timeout_s: float = field(default_factory=timeout_default)
     spin_s: float | None = None             # busy-wait before yielding (None: by cores)
-    pipeline_bytes: int = 256 << 10         # arena all-reduce: piece handed on per step
+    pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
+                                            # (None: 1 MiB with a core per worker, else off)
 
     def block_bytes(self, world_size: int) -> int:
         """Bytes of one group's control block."""
@@ -50,6 +52,13 @@ class ShmConfig:
         stage = _round_up(self.stage_depth * world_size * self.stage_bytes)
         return head + stage + Channels.region_bytes(world_size, self.channel_slots,
                                                     self.channel_chunk_bytes)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def verbose_default() -> bool:
@@ -73,9 +82,11 @@ class ShmCommunicator(Communicator):
         self.link = link
         self.verbose = verbose_default() if verbose is None else verbose
         self.timeout_s = cfg.timeout_s
+        self.pipeline_bytes = cfg.pipeline_bytes
         self.spin_s = cfg.spin_s if cfg.spin_s is not None else spin_default(
-            len(members), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1)
+            len(members), _cores())
+        if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
+            self.pipeline_bytes = (1 << 20) if self.spin_s >= SPIN_S_DEDICATED else 0
         P = self.world_size
         mm = memoryview(arena.mm)
         self._ctr = mm[self.offset:self.offset + P * 64].cast("q")

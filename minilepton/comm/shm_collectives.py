@@ -4,12 +4,12 @@ Two paths, chosen per call:
 
 - **Arena arrays** (made by ``comm.zeros``): peers' data is read where it lies. All-reduce is
   a reduce-scatter then an all-gather: after a step that says "inputs ready", rank r reduces
-  chunk r of all P arrays, in rank order, into its own array; after a second step it copies
-  the other P−1 reduced chunks from their owners; a third step says "done reading", so no rank
-  returns (and lets its caller write) while a peer still reads its array. Each rank reads
-  (P+1)/P·N bytes and writes N: no private copy at all.
-- **Private arrays**: staged through the group's staging ring in slot-sized chunks (about half
-  a core's L2, so the chunk is still in cache when it is summed). For each chunk, every rank
+  chunk r of all P arrays, in rank order, into its own array, piece by piece (``pipeline_bytes``);
+  each finished piece advances r's counter, and the peers copy it at once, while it is still in
+  cache; a last step says "done reading", so no rank returns (and lets its caller write) while
+  a peer still reads its array. No private copy at all.
+- **Private arrays**: staged through the group's staging ring in slot-sized chunks (1 MiB, one
+  core's L2, so the chunk is still in cache when it is summed). For each chunk, every rank
   copies its part into its slot, arrives at the step, waits for the others, then sums all P
   slots in rank order into its own array: one wait per chunk, and the chunk just written is
   read back from cache.
@@ -130,7 +130,7 @@ def _allreduce_arena(comm, flat, peers, uf, mean):
     barrier between the two phases; a last step says "done reading"."""
     P, r, n = comm.world_size, comm.rank, flat.size
     s0 = comm._sync("allreduce (inputs ready)")
-    piece = max(comm.config.pipeline_bytes // flat.itemsize, 1)
+    piece = max(comm.pipeline_bytes // flat.itemsize, 1) if comm.pipeline_bytes else n + 1
     K = max(1, -(-(n // P + 1) // piece))  # the same on every rank
     bounds = [(q * n // P, (q + 1) * n // P) for q in range(P)]
     cut = [[a + k * (b - a) // K for k in range(K + 1)] for a, b in bounds]
