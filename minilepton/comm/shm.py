@@ -161,7 +161,8 @@ class ShmCommunicator(Communicator):
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
         """An array of zeros living in the arena (collective: every rank of the group calls it
         with the same shape and dtype, in the same order). Collectives on it (or on a
-        contiguous view of it) read peers' data in place instead of copying it."""
+        contiguous view of it) read peers' data in place instead of copying it; every rank
+        must then pass its own such array (the arena and private paths take different steps)."""
         dt = np.dtype(dtype)
         shape = (shape,) if np.isscalar(shape) else tuple(int(n) for n in shape)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
