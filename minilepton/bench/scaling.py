@@ -144,7 +144,10 @@ def run(args) -> int:
                          "comm_seconds_fraction": statistics.median(
                              o["comm_seconds_fraction"] for o in runs),
                          "bytes_per_step": statistics.median(o["bytes_per_step"] for o in runs),
-                         "rounds": [o["samples_per_second"] for o in runs]})
+                         "rounds": [o["samples_per_second"] for o in runs],
+                         # the same round's ratio: both sizes met the same neighbours
+                         "round_speedups": [o["samples_per_second"] / b["samples_per_second"]
+                                            for o, b in zip(runs, samples[(compress, workers[0])])]})
     mode = "weak" if args.weak else "strong"
     result = {"benchmark": "scaling", "mode": mode, "cores": cpu_count(),
               "blas_threads": args.blas_threads, "model": "mlp " + "-".join(map(str, sizes)),
@@ -155,11 +158,12 @@ def run(args) -> int:
     print(f"\n{mode} scaling, {result['model']}, batch {args.batch_size}, "
           f"{args.blas_threads} BLAS thread(s) per worker, {cpu_count()} cores")
     print(f"{'compress':>9} {'workers':>7} {'samples/s':>10} {'speedup':>8} {'ideal':>6} "
-          f"{'comm %':>7} {'bytes/step':>11}")
+          f"{'comm %':>7} {'bytes/step':>11}  per-round speedups")
     for r in rows:
         print(f"{r['compress']:>9} {r['workers']:>7} {r['samples_per_second']:>10.0f} "
               f"{r['speedup']:>8.2f} {r['ideal']:>6.1f} {100 * r['comm_seconds_fraction']:>7.1f} "
-              f"{r['bytes_per_step']:>11.0f}")
+              f"{r['bytes_per_step']:>11.0f}  "
+              + " ".join(f"{x:.2f}" for x in r["round_speedups"]))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
