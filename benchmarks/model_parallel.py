@@ -143,7 +143,7 @@ def figure(path: str) -> None:
 
     from minilepton.trace import COLORS, gantt
     stages, micro_batches = 4, 8
-    width, rows = (128, 128) if QUICK else (512, 512)
+    width, rows = (128, 128) if QUICK else (1024, 1024)
     theory = bubble_fraction(stages, micro_batches)
     fig, axes = plt.subplots(4, 1, figsize=(11, 10))
     for k, name in enumerate(("gpipe", "1f1b")):
@@ -159,9 +159,9 @@ def figure(path: str) -> None:
         ideal = replay([r["ops"][-1] for r in ranks])
         spans = [{"name": phase, "rank": s, "start_s": a, "end_s": b,
                   "args": {"micro_batch": m}} for s, m, phase, a, b in ideal["spans"]]
-        gantt(axes[2 * k + 1], spans, f"{label}, the same ops with their measured CPU times on "
-              f"one device per stage: bubble {ideal['bubble']:.2f} (theory {theory:.2f})",
-              t0=0.0, label="stage")
+        gantt(axes[2 * k + 1], spans, f"{label}, same ops, CPU times, one device per stage: "
+              f"bubble {ideal['bubble_busiest']:.2f} busiest stage, {ideal['bubble']:.2f} all "
+              f"(theory {theory:.2f})", t0=0.0, label="stage")
     handles = [matplotlib.patches.Patch(color=COLORS[k], label=k)
                for k in ("forward", "backward", "send", "recv", "collective")]
     axes[0].legend(handles=handles, loc="upper right", fontsize=7, ncols=5)
