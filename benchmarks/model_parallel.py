@@ -10,10 +10,10 @@ Two bubble figures: the wall-clock idle share of each stage (honest only when ev
 its own core and the machine is quiet), and the bubble of the executed schedule replayed with
 each op's measured CPU seconds on an ideal clock (one device per stage, free messages): it keeps
 what the measurement knows (unequal stages, backward ≈ 2× forward, the real order of ops) and
-drops what a shared CPU adds. The replayed bubble is given for the busiest stage (idle share of
-the stage that sets the pace: the fill-and-drain bubble that (P−1)/(M+P−1) predicts) and over all
-stages (which adds the cost of unequal stages: stage 0 computes no ∂x, the last stage also the
-loss). ``MINILEPTON_QUICK=1`` shrinks every setting (a smoke run).
+drops what a shared CPU adds. The replayed bubble is given for the busiest stage (the idle
+share of the stage that sets the pace: the fill-and-drain bubble (P−1)/(M+P−1) predicts) and
+over all stages (which adds the cost of unequal stages: stage 0 computes no ∂x, the last stage
+also the loss). ``MINILEPTON_QUICK=1`` shrinks every setting (a smoke run).
 """
 
 from __future__ import annotations
