@@ -43,6 +43,8 @@ class ShmConfig:
     channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
     timeout_s: float = field(default_factory=timeout_default)
     spin_s: float | None = None             # busy-wait before yielding (None: by cores)
+    arena_min_bytes: int = 256 << 10        # smaller arena arrays all-reduce like private
+                                            # ones: one wait instead of three beats a copy
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: 1 MiB with a core per worker, else off)
 
@@ -83,6 +85,7 @@ class ShmCommunicator(Communicator):
         self.verbose = verbose_default() if verbose is None else verbose
         self.timeout_s = cfg.timeout_s
         self.pipeline_bytes = cfg.pipeline_bytes
+        self.arena_min_bytes = cfg.arena_min_bytes
         self.spin_s = cfg.spin_s if cfg.spin_s is not None else spin_default(
             len(members), _cores())
         if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
@@ -270,7 +273,8 @@ class ShmCommunicator(Communicator):
         if (algorithm is None and type(x) is np.ndarray and not self.hooks and self.link is None
                 and not self.verbose and x.nbytes <= self._small_bytes and op in _SMALL_OPS
                 and self.world_size > 1 and x.flags.c_contiguous and x.dtype.kind == "f"
-                and (not self._owners or self.peers_of(x) is None)):
+                and (x.nbytes <= self.arena_min_bytes or not self._owners
+                     or self.peers_of(x) is None)):
             return shm_collectives.allreduce_small(self, x, op)
         return shm_collectives.allreduce(self, x, op, algorithm)
 

@@ -85,7 +85,7 @@ def allreduce(comm, x, op="sum", algorithm=None):
         if P == 1:
             return x
         flat = x.reshape(-1)
-        peers = comm.peers_of(flat)
+        peers = comm.peers_of(flat) if x.nbytes > comm.arena_min_bytes else None
         if comm.verbose:
             comm._say(f"allreduce {op} {n} B {x.dtype}{x.shape} rsag "
                       f"({'arena, in place' if peers else 'private, staged'})")
