@@ -1,13 +1,16 @@
 """All-reduce (float32, in-place sum): the shared-memory backend against raw mpi4py + MPICH.
 
-    python benchmarks/allreduce_shm.py                       # P=2 and P=4, the full size range
-    python benchmarks/allreduce_shm.py --workers 2 --sizes 1KiB,1MiB,16MiB --rounds 5
+    python benchmarks/allreduce_shm.py                       # P=2 and P=4, 1 KiB .. 64 MiB
+    python benchmarks/allreduce_shm.py --workers 2 --sizes 1KiB,1MiB,16MiB --rounds 9
 
-Rounds interleave the contenders (shm arena arrays, shm private arrays, shm ring, MPI) so that
-a slow window of a shared machine hits them all alike; each round times many calls per size one
-by one and keeps their median, and the table reports the median over rounds of that time, the bus bandwidth
-busbw = 2(P−1)/P · bytes / time (the nccl-tests convention) and the ratio to MPICH.
-MPI runs as ``mpiexec -n P python this_file --mpi-worker ...`` when mpi4py and mpiexec exist.
+Both contenders run in the *same* processes: ``mpiexec -n P`` starts the ranks, rank 0 makes a
+shared-memory arena, and every rank builds a ``ShmCommunicator`` on it next to MPI's
+COMM_WORLD. For each size, rounds alternate the contenders (MPI ``Allreduce`` with
+``MPI.IN_PLACE``; shm on an arena array from ``comm.zeros``; shm on a private array; the shm
+ring), each timing many calls one by one and keeping their median, so a slow window of a shared
+machine hits them all alike. The table shows the median over rounds of the time per call, the
+bus bandwidth busbw = 2(P−1)/P · bytes / time (the nccl-tests convention) and the speed ratio to
+MPICH. Without mpi4py/mpiexec it times the shm contenders alone, through ``launch``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 import numpy as np
 
 SIZES = "1KiB,16KiB,64KiB,256KiB,1MiB,4MiB,16MiB,64MiB"
+MODES = ("mpi", "arena", "private", "ring")
 
 
 def parse_size(text: str) -> int:
@@ -35,66 +39,108 @@ def parse_size(text: str) -> int:
 
 
 def calls_for(nbytes: int) -> int:
-    """Calls per size and round: ~20 ms of work at a few GB/s, at least 30 (a median of many)."""
-    return int(max(30, min(3000, 4e7 / max(nbytes, 1))))
+    """Calls per size and round: ~20 ms of work at a few GB/s, at least 15."""
+    return int(max(15, min(2000, 2e7 / max(nbytes, 1))))
 
 
-def time_calls(fn, x, calls: int, barrier) -> float:
+def time_calls(fn, calls: int, barrier) -> float:
     """Median seconds per call (each call timed on its own: on a shared machine a preempted
     call is an outlier, not a trend)."""
-    fn(x)  # warm up (page faults, caches)
-    fn(x)
+    fn()  # warm up (page faults, caches)
+    fn()
     barrier()
     times = np.empty(calls)
     for i in range(calls):
         t0 = time.perf_counter()
-        fn(x)
+        fn()
         times[i] = time.perf_counter() - t0
     barrier()
     return float(np.median(times))
 
 
-def shm_job(comm, sizes, modes):
-    """Time every (mode, size) in this worker; rank 0's times are returned."""
+def contenders(comm, mpi_comm, nbytes, modes):
+    """name -> zero-argument callable doing one in-place all-reduce of ``nbytes``."""
+    n = nbytes // 4
     out = {}
-    for nbytes in sizes:
-        n = nbytes // 4
-        for mode in modes:
-            if mode == "arena":
-                x = comm.zeros((n,), np.float32)
-                x[:] = 0.0
-                fn = comm.allreduce
-            else:
-                x = np.zeros(n, np.float32)
-                algo = "ring" if mode == "ring" else None
-                fn = (lambda a, algo=algo: comm.allreduce(a, algorithm=algo))
-            out[(mode, nbytes)] = time_calls(fn, x, calls_for(nbytes), comm.barrier)
+    if "mpi" in modes and mpi_comm is not None:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        buf = np.zeros(n, np.float32)
+        out["mpi"] = lambda: mpi_comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    if "arena" in modes:
+        arena = comm.zeros((n,), np.float32)
+        out["arena"] = lambda: comm.allreduce(arena)
+    if "private" in modes:
+        private = np.zeros(n, np.float32)
+        out["private"] = lambda: comm.allreduce(private)
+    if "ring" in modes:
+        ring = np.zeros(n, np.float32)
+        out["ring"] = lambda: comm.allreduce(ring, algorithm="ring")
     return out
 
 
-def mpi_worker(sizes):
+def measure(comm, mpi_comm, sizes, modes, rounds):
+    """{(mode, nbytes): [median seconds per round]} on this rank."""
+    runs = {}
+    for nbytes in sizes:
+        fns = contenders(comm, mpi_comm, nbytes, modes)
+        for _ in range(rounds):
+            for mode, fn in fns.items():
+                t = time_calls(fn, calls_for(nbytes), comm.barrier)
+                runs.setdefault((mode, nbytes), []).append(t)
+    return runs
+
+
+def shm_job(comm, sizes, modes, rounds):
+    return measure(comm, None, sizes, modes, rounds)
+
+
+def mpi_worker(sizes, modes, rounds, pin: bool) -> None:
+    """One MPI rank: MPI's COMM_WORLD and a ShmCommunicator over an arena made by rank 0."""
     from mpi4py import MPI  # noqa: PLC0415
 
+    from minilepton.cluster import blas  # noqa: PLC0415
+    from minilepton.comm.arena import Arena  # noqa: PLC0415
+    from minilepton.comm.shm import ShmConfig, world_communicator  # noqa: PLC0415
+
     world = MPI.COMM_WORLD
-    out = {}
-    for nbytes in sizes:
-        x = np.zeros(nbytes // 4, np.float32)
-        fn = (lambda a: world.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM))
-        out[str(nbytes)] = time_calls(fn, x, calls_for(nbytes), world.Barrier)
-    if world.Get_rank() == 0:
-        print("MPIRESULT " + json.dumps(out), flush=True)
+    rank, P = world.Get_rank(), world.Get_size()
+    cores = blas.core_sets(P, pin)
+    if cores:
+        os.sched_setaffinity(0, cores[rank])
+    config = ShmConfig()
+    made = Arena.create() if rank == 0 else None
+    try:
+        name, offset = world.bcast(
+            (made.name, made.alloc(config.block_bytes(P), "control", reserve=False))
+            if rank == 0 else None)
+        comm = world_communicator(Arena.attach(name), rank, P, offset, config)
+        world.Barrier()
+        if rank == 0:
+            made.unlink()  # the mappings stay; nothing is left behind if a rank dies
+        runs = measure(comm, world, sizes, modes, rounds)
+    finally:
+        if made is not None:
+            made.unlink()
+    if rank == 0:
+        print("RESULT " + json.dumps([[m, b, t] for (m, b), t in runs.items()]), flush=True)
 
 
-def run_mpi(P: int, sizes) -> dict | None:
+def run_mpi(P, sizes, modes, rounds, pin) -> dict | None:
+    try:
+        import mpi4py  # noqa: F401, PLC0415
+    except ImportError:
+        return None
     if shutil.which("mpiexec") is None:
         return None
     cmd = ["mpiexec", "-n", str(P), sys.executable, os.path.abspath(__file__), "--mpi-worker",
-           "--sizes", ",".join(map(str, sizes))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+           "--sizes", ",".join(map(str, sizes)), "--modes", ",".join(modes),
+           "--rounds", str(rounds), "--pin", pin]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout.splitlines():
-        if line.startswith("MPIRESULT "):
-            return {int(k): v for k, v in json.loads(line[10:]).items()}
+        if line.startswith("RESULT "):
+            return {(m, b): t for m, b, t in json.loads(line[7:])}
     print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
     return None
 
@@ -103,41 +149,32 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="2,4")
     ap.add_argument("--sizes", default=SIZES)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--modes", default="arena,private,ring")
-    ap.add_argument("--no-mpi", action="store_true")
-    ap.add_argument("--config", default="", help="ShmConfig fields, e.g. spin_s=3e-6,stage_bytes=1048576")
-    ap.add_argument("--json", default=None, help="write the medians here")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--pin", choices=["auto", "yes", "no"], default="auto",
+                    help="pin each rank to its own cores (auto: when there are enough)")
+    ap.add_argument("--json", default=None, help="write the table here")
     ap.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    if args.mpi_worker:
-        return mpi_worker(sizes)
-    from minilepton.cluster import launch  # noqa: PLC0415
-
-    from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
-
-    fields = dict(kv.split("=") for kv in args.config.split(",") if kv)
-    types = {f: type(getattr(ShmConfig(), f) or 0.0) for f in fields}
-    config = {f: types[f](float(v)) for f, v in fields.items()}
     modes = args.modes.split(",")
+    pin = {"auto": None, "yes": True, "no": False}[args.pin]
+    if args.mpi_worker:
+        return mpi_worker(sizes, modes, args.rounds, pin)
     table = []
     for P in [int(p) for p in args.workers.split(",")]:
-        runs = {}
-        for _ in range(args.rounds):
-            job = launch(shm_job, P, args=(sizes, modes), config=ShmConfig(**config))
-            for key, t in job[0].items():
-                runs.setdefault(key, []).append(t)
-            mpi = None if args.no_mpi else run_mpi(P, sizes)
-            for nbytes, t in (mpi or {}).items():
-                runs.setdefault(("mpi", nbytes), []).append(t)
-        med = {k: float(np.median(v)) for k, v in runs.items()}
+        runs = run_mpi(P, sizes, modes, args.rounds, args.pin)
+        if runs is None:  # no MPI: the shm contenders alone, under the launcher
+            from minilepton.cluster import launch  # noqa: PLC0415
+
+            shm_modes = [m for m in modes if m != "mpi"]
+            runs = launch(shm_job, P, args=(sizes, shm_modes, args.rounds), pin_cores=pin)[0]
         for nbytes in sizes:
-            base = med.get(("mpi", nbytes))
-            for mode in ["mpi", *modes]:
-                t = med.get((mode, nbytes))
-                if t is None:
+            base = np.median(runs[("mpi", nbytes)]) if ("mpi", nbytes) in runs else None
+            for mode in modes:
+                if (mode, nbytes) not in runs:
                     continue
+                t = float(np.median(runs[(mode, nbytes)]))
                 busbw = 2 * (P - 1) / P * nbytes / t / 1e9
                 ratio = base / t if base else float("nan")
                 table.append({"P": P, "mode": mode, "bytes": nbytes, "us": t * 1e6,
@@ -146,7 +183,8 @@ def main(argv=None):
                       f"busbw {busbw:7.2f} GB/s  x{ratio:5.2f} vs MPICH", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(table, f, indent=1)
+            json.dump({"command": " ".join(sys.argv), "load_average": os.getloadavg(),
+                       "table": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,17 @@ def test_bad_arguments_give_one_clear_error():
     with pytest.raises(ValueError, match="unknown link"):
         launch(tiny_job, 2, link="carrier-pigeon")
     assert not _segments()
+
+
+@pytest.mark.timeout(60)
+def test_a_launch_reaps_arenas_left_by_a_launcher_that_was_killed():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    orphan = os.path.join(shm_dir(), f"{PREFIX}{dead.pid}-0123abcd")
+    open(orphan, "wb").close()
+    try:
+        assert launch(tiny_job, 1) == [0]
+        assert not os.path.exists(orphan)
+    finally:
+        if os.path.exists(orphan):
+            os.unlink(orphan)

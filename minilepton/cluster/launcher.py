@@ -18,6 +18,7 @@ before ``launch`` returns or raises. Workers also die if the launcher itself is 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -25,7 +26,7 @@ import threading
 import time
 from multiprocessing.connection import wait as wait_ready
 
-from ..comm.arena import Arena
+from ..comm.arena import Arena, reap_orphans
 from ..comm.shm import ShmConfig
 from ..comm.shm_sync import spin_default
 from . import blas, logs, simulate
@@ -73,7 +74,7 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     if timeout_s is not None and timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    config = config or ShmConfig()
+    config = dataclasses.replace(config) if config else ShmConfig()  # ours to fill in
     if timeout_s is not None:
         config.timeout_s = float(timeout_s)
     if config.spin_s is None:  # by the job's size, not a sub-group's: all share the cores
@@ -83,10 +84,11 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     threads = blas.share(world_size, blas_threads)
     blas.prepare()
     ctx = mp.get_context(start_method)
-    arena = Arena.create(arena_bytes)
-    job = _Job(world_size, arena, ctx)
+    reap_orphans()
     previous_term = _exit_on_sigterm()
+    job = _Job(world_size, ctx)
     try:
+        job.arena = arena = Arena.create(arena_bytes)
         offset = arena.alloc(config.block_bytes(world_size), "the job's control block",
                              reserve=False)
         spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
@@ -119,13 +121,14 @@ def _exit_on_sigterm():
 class _Job:
     """The processes, pipes and arena of one launch, and how to stop them."""
 
-    def __init__(self, world_size, arena, ctx):
-        self.world_size, self.arena, self.ctx = world_size, arena, ctx
+    def __init__(self, world_size, ctx):
+        self.world_size, self.ctx = world_size, ctx
+        self.arena = self.relay = None
         self.procs, self.conns = [], []
         self.finished = False  # every worker reported success: let them exit on their own
-        self.relay = logs.LogRelay(ctx)
 
     def start(self, fn, args, spec):
+        self.relay = logs.LogRelay(self.ctx)
         extra = {**blas.thread_env(spec.blas_threads), **spec.env,
                  "WORLD_SIZE": str(self.world_size)}
         saved = {k: os.environ.get(k) for k in (*extra, "RANK", "LOCAL_RANK")}
@@ -194,9 +197,12 @@ class _Job:
         return f"exited with code {code} before it could report"
 
     def stop(self):
-        """Terminate, kill and join every worker; unlink the arena; stop the log relay."""
+        """Unlink the arena; terminate, kill and join every worker; stop the log relay."""
         blocked = _block_sigint()
         try:
+            if self.arena is not None:  # first: the workers have mapped it or are being stopped
+                self.arena.unlink()
+                self.arena.close()
             if self.finished:  # they are flushing their logs and exiting
                 deadline = time.monotonic() + STOP_GRACE_S
                 for p in self.procs:
@@ -211,15 +217,14 @@ class _Job:
                 if p.is_alive():
                     p.kill()
                     p.join()  # SIGKILL cannot be refused: this returns
-            self.arena.unlink()
-            self.arena.close()
+        finally:
             for conn in self.conns:
                 conn.close()
             for p in self.procs:
                 if p.exitcode is not None:
                     p.close()
-            self.relay.stop()
-        finally:
+            if self.relay is not None:
+                self.relay.stop()
             _unblock_sigint(blocked)
 
 

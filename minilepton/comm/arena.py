@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import re
 import secrets
 import tempfile
 
@@ -45,6 +46,40 @@ def arena_bytes_default() -> int:
     """``MINILEPTON_ARENA_BYTES`` (accepts ``512MiB``, ``2GiB``) or 4 GiB of virtual space."""
     text = os.environ.get("MINILEPTON_ARENA_BYTES")
     return parse_bytes(text) if text else DEFAULT_ARENA_BYTES
+
+
+_NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]{{8}}$")
+
+
+def reap_orphans() -> list:
+    """Unlink arenas whose launcher process no longer exists (killed with SIGKILL, say: its
+    workers died with it, see ``cluster.worker``); return their names. A running job has
+    mapped its arena already, so even a wrong guess would not disturb it."""
+    reaped = []
+    try:
+        names = os.listdir(shm_dir())
+    except OSError:
+        return reaped
+    for name in names:
+        m = _NAME.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir(), name))
+            reaped.append(name)
+        except OSError:
+            pass
+    return reaped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parse_bytes(text) -> int:
