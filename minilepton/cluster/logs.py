@@ -61,7 +61,10 @@ class LogRelay:
             pass
         self._thread.join(timeout_s)
         self.queue.close()
-        self.queue.cancel_join_thread()
+        if self._thread.is_alive():  # stuck on a broken queue: do not wait for its feeder
+            self.queue.cancel_join_thread()
+        else:
+            self.queue.join_thread()  # its pipe is closed when this returns
 
 
 def root_level() -> int:
