@@ -94,9 +94,10 @@ class DataParallel:
     ``overlap=True`` starts a bucket's all-reduce on a communication thread as soon as backward
     has added the gradient of each of its parameters (buckets leave in index order on every
     rank), while backward goes on with earlier layers. It assumes each parameter gets one
-    gradient per backward (a parameter used twice raises). With minilepton's engine today it
-    gains nothing: backward visits every leaf after all interior nodes, so all buckets become
-    ready at once, at the end (measured: ``minilepton bench scaling --overlap both``).
+    gradient per backward (a parameter used twice raises). Buckets leave early only if backward
+    hands each leaf its gradient as soon as the leaf's last consumer has run (a walk in Kahn's
+    order does; one that visits all leaves last does not), and the time is won only if a core
+    is free for the communication thread (measure: ``minilepton bench scaling --overlap both``).
     """
 
     def __init__(self, module, comm, bucket_bytes: int = 1 << 20, reduce: str = "mean",
