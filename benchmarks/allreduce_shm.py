@@ -95,20 +95,29 @@ def shm_job(comm, sizes, modes, rounds):
     return measure(comm, None, sizes, modes, rounds)
 
 
-def mpi_worker(sizes, modes, rounds, pin: bool) -> None:
+def shm_config(text: str):
+    """``"stage_bytes=262144,spin_s=3e-6"`` -> ShmConfig with those fields."""
+    from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
+
+    fields = dict(kv.split("=") for kv in text.split(",") if kv)
+    return ShmConfig(**{k: (float(v) if "." in v or "e" in v else int(v))
+                        for k, v in fields.items()})
+
+
+def mpi_worker(sizes, modes, rounds, pin: bool, config_text: str = "") -> None:
     """One MPI rank: MPI's COMM_WORLD and a ShmCommunicator over an arena made by rank 0."""
     from mpi4py import MPI  # noqa: PLC0415
 
     from minilepton.cluster import blas  # noqa: PLC0415
     from minilepton.comm.arena import Arena  # noqa: PLC0415
-    from minilepton.comm.shm import ShmConfig, world_communicator  # noqa: PLC0415
+    from minilepton.comm.shm import world_communicator  # noqa: PLC0415
 
     world = MPI.COMM_WORLD
     rank, P = world.Get_rank(), world.Get_size()
     cores = blas.core_sets(P, pin)
     if cores:
         os.sched_setaffinity(0, cores[rank])
-    config = ShmConfig()
+    config = shm_config(config_text)
     made = Arena.create() if rank == 0 else None
     try:
         name, offset = world.bcast(
@@ -126,7 +135,7 @@ def mpi_worker(sizes, modes, rounds, pin: bool) -> None:
         print("RESULT " + json.dumps([[m, b, t] for (m, b), t in runs.items()]), flush=True)
 
 
-def run_mpi(P, sizes, modes, rounds, pin) -> dict | None:
+def run_mpi(P, sizes, modes, rounds, pin, config_text="") -> dict | None:
     try:
         import mpi4py  # noqa: F401, PLC0415
     except ImportError:
@@ -135,7 +144,7 @@ def run_mpi(P, sizes, modes, rounds, pin) -> dict | None:
         return None
     cmd = ["mpiexec", "-n", str(P), sys.executable, os.path.abspath(__file__), "--mpi-worker",
            "--sizes", ",".join(map(str, sizes)), "--modes", ",".join(modes),
-           "--rounds", str(rounds), "--pin", pin]
+           "--rounds", str(rounds), "--pin", pin, "--config", config_text]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout.splitlines():
@@ -154,21 +163,23 @@ def main(argv=None):
     ap.add_argument("--pin", choices=["auto", "yes", "no"], default="auto",
                     help="pin each rank to its own cores (auto: when there are enough)")
     ap.add_argument("--json", default=None, help="write the table here")
+    ap.add_argument("--config", default="", help="ShmConfig fields: stage_bytes=262144,...")
     ap.add_argument("--mpi-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
     pin = {"auto": None, "yes": True, "no": False}[args.pin]
     if args.mpi_worker:
-        return mpi_worker(sizes, modes, args.rounds, pin)
+        return mpi_worker(sizes, modes, args.rounds, pin, args.config)
     table = []
     for P in [int(p) for p in args.workers.split(",")]:
-        runs = run_mpi(P, sizes, modes, args.rounds, args.pin)
+        runs = run_mpi(P, sizes, modes, args.rounds, args.pin, args.config)
         if runs is None:  # no MPI: the shm contenders alone, under the launcher
             from minilepton.cluster import launch  # noqa: PLC0415
 
             shm_modes = [m for m in modes if m != "mpi"]
-            runs = launch(shm_job, P, args=(sizes, shm_modes, args.rounds), pin_cores=pin)[0]
+            runs = launch(shm_job, P, args=(sizes, shm_modes, args.rounds), pin_cores=pin,
+                          config=shm_config(args.config))[0]
         for nbytes in sizes:
             base = np.median(runs[("mpi", nbytes)]) if ("mpi", nbytes) in runs else None
             for mode in modes:
