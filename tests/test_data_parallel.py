@@ -256,7 +256,8 @@ def variants_worker(comm, x, y):
     """Plain DP, local SGD k=1, dynamic balancing on unequal simulated speeds, and all-reduces
     overlapped with backward, on the same data."""
     out = {}
-    configs = {"plain": {}, "local_sgd_1": {"sync_every": 1}, "overlap": {"overlap": True},
+    configs = {"plain": {}, "local_sgd_1": {"sync_every": 1, "local_sgd": True},
+               "overlap": {"overlap": True},
                "dynamic": {"node_speeds": [1.0, 0.5, 1.0][:comm.world_size], "balance": "dynamic"}}
     for name, kw in configs.items():
         ml.backend.set_default_dtype("float64")
@@ -274,7 +275,7 @@ def variants_worker(comm, x, y):
 @pytest.mark.timeout(60)
 def test_local_sgd_k1_balancing_and_overlap_keep_the_global_mean_update():
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(60, 5)), rng.integers(0, 3, 60)
+    x, y = rng.normal(size=(62, 5)), rng.integers(0, 3, 62)  # last batch: 2 samples, 3 ranks
     first, again = (launch(variants_worker, 3, (x, y)) for _ in range(2))
     ref_model = ml.nn.mlp([5, 8, 3], seed=1, dtype="float64")
     single = SingleProcess(ref_model, ml.optim.SGD(ref_model.parameters(), lr=0.2))
@@ -288,7 +289,8 @@ def test_local_sgd_k1_balancing_and_overlap_keep_the_global_mean_update():
         assert np.array_equal(first[0]["plain"][0][key], again[0]["plain"][0][key])
         assert np.array_equal(first[2]["plain"][0][key], first[0]["plain"][0][key])
         assert np.array_equal(first[1]["overlap"][0][key], first[0]["plain"][0][key])
-    assert first[0]["plain"][1] == [4] * 5  # 12 samples over 3 ranks
+    assert first[0]["plain"][1] == [4] * 5 + [1]  # 12 samples over 3 ranks, then 2
+    assert first[2]["plain"][1][-1] == 0          # rank 2 sits out the last step, yet joins in
 
 
 def train_worker(comm, x, y, xt, yt, variant):

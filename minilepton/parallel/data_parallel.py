@@ -242,9 +242,10 @@ def _slow_down(compute_s: float, speed: float) -> None:
 class DataParallelStrategy(Strategy):
     """The ``Strategy`` that ``minilepton train --workers P`` runs on each rank.
 
-    ``sync_every=k > 1`` is local SGD: no gradient all-reduce; each rank steps on its local mean
-    gradient and every k steps the parameters are averaged, weighted by the samples each rank
-    computed since the last average (for plain SGD and k=1 this is exactly data parallelism).
+    ``sync_every=k > 1`` (or ``local_sgd=True``) is local SGD: no gradient all-reduce; each rank
+    steps on its local mean gradient and every k steps the parameters are averaged, weighted by
+    the samples each rank computed since the last average (for plain SGD and k=1 this is exactly
+    data parallelism, which the tests check).
     ``balance`` is ``none``, ``static`` (shares ∝ ``node_speeds``) or ``dynamic`` (shares from
     measured compute times); ``node_speeds`` also slows this rank's compute to simulate the node.
     A ``minilepton.trace.Tracer`` records forward/backward/optimizer and every collective; the
@@ -253,11 +254,12 @@ class DataParallelStrategy(Strategy):
 
     def __init__(self, comm, model, optimizer, bucket_bytes: int = 1 << 20, compress=None,
                  sync_every: int = 1, node_speeds=None, balance: str = "none",
-                 overlap: bool = False, tracer=None, trace_path: str | None = None):
+                 overlap: bool = False, tracer=None, trace_path: str | None = None,
+                 local_sgd: bool = False):
         if sync_every < 1:
             raise ValueError(f"--sync-every must be >= 1, not {sync_every}")
         compressor = make_compressor(compress)
-        if sync_every > 1 and not isinstance(compressor, NoCompression):
+        if (sync_every > 1 or local_sgd) and not isinstance(compressor, NoCompression):
             raise ValueError("--compress applies to the gradient all-reduce; "
                              "it cannot be combined with --sync-every > 1")
         if balance not in ("none", "static", "dynamic"):
@@ -265,6 +267,7 @@ class DataParallelStrategy(Strategy):
         self.comm, self.model, self.optimizer = comm, model, optimizer
         self.is_main = comm.rank == 0
         self.sync_every = int(sync_every)
+        self.local_sgd = bool(local_sgd) or self.sync_every > 1  # average parameters, not grads
         if node_speeds is None:  # the launcher's simulated cluster, when it set one
             from ..cluster import simulate  # noqa: PLC0415
             node_speeds = simulate.node_speeds()
@@ -275,7 +278,7 @@ class DataParallelStrategy(Strategy):
             self.sampler.set_weights(static_weights(self.speeds))
         self.balancer = DynamicBalancer(comm.world_size) if balance == "dynamic" else None
         self.dp = DataParallel(model, comm, bucket_bytes, reduce="sum", compress=compressor,
-                               overlap=overlap and sync_every == 1)
+                               overlap=overlap and not self.local_sgd)
         self.tracer, self.trace_path = tracer, trace_path
         if tracer is not None:
             tracer.watch(comm)
@@ -311,7 +314,7 @@ class DataParallelStrategy(Strategy):
             with self._span("slow node"):
                 _slow_down(time.perf_counter() - t0, self.speed)
         compute_s = time.perf_counter() - t0
-        if self.sync_every == 1:
+        if not self.local_sgd:
             self.dp.sync_gradients()
             with self._span("optimizer"):
                 self.optimizer.step()
@@ -349,7 +352,7 @@ class DataParallelStrategy(Strategy):
 
     def evaluate(self, x, y, batch_size: int = 1024) -> StepStats:
         """Each rank scores a contiguous slice of (x, y); the totals are all-reduced."""
-        if self.sync_every > 1:
+        if self.local_sgd:
             self.average_parameters()
         offsets = shard_offsets(len(y), np.ones(self.comm.world_size))
         lo, hi = int(offsets[self.comm.rank]), int(offsets[self.comm.rank + 1])
