@@ -7,7 +7,8 @@ supervised like the shared-memory one:
 
 - a rank that raises aborts the whole MPI job; ``WorkerError(rank, message)`` names it, with the
   exception and its traceback;
-- a rank killed by a signal: mpiexec reports the process id, which maps back to its rank;
+- a rank killed by a signal: named as the first rank whose process ended without a result (the
+  launcher watches the ranks' process ids), with mpiexec's exit string;
 - a collective that waits past ``timeout_s`` fails on its rank, which aborts the job; past
   ``job_timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
   still alive is killed by its process id (hydra gives each rank its own session, so killing
@@ -15,9 +16,9 @@ supervised like the shared-memory one:
 - if the launcher itself is killed, Linux sends mpiexec SIGTERM (``PR_SET_PDEATHSIG``), which
   stops the ranks, and the next launch removes the dead job's directory and MPI segments.
 
-Direct runs (``mpiexec -n 4 python -m minilepton train ...``): there is no launcher process;
-``in_mpi_job()`` tells the program it is one rank of an MPI job, and ``run_direct(fn, args)`` runs
-``fn(world_from_mpi(), *args)`` in this process, aborting every rank if it raises.
+Direct runs (``mpiexec -n 4 python -m minilepton train ...``) have no launcher process:
+``in_mpi_job()``, ``world_from_mpi()`` and ``run_direct(fn, args)`` (defined in ``mpi_worker``,
+the rank side, and importable from here) let the program run as one rank.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import pickle
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -34,61 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-from ..backend import blas_threads_env, cpu_count
+from . import blas, simulate
+from .mpi_worker import in_mpi_job, run_direct, world_from_mpi  # noqa: F401 - direct runs
 
-# Environment variables that process managers set in every rank (MPICH/hydra, Intel MPI,
-# Open MPI, PMIx, MVAPICH).
-_MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
-_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _STOP_GRACE_S = 3.0
 _JOB_PREFIX = "minilepton-mpi-"
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.01  # how often the launcher looks at mpiexec and the ranks' processes
-_MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
-
-
-def in_mpi_job() -> bool:
-    """True when this process was started by mpiexec/mpirun (reads the environment only)."""
-    return any(name in os.environ for name in _MPI_RANK_VARS + _MPI_SIZE_VARS)
-
-
-def world_from_mpi(algorithm: str = "ordered"):
-    """An ``MPICommunicator`` over COMM_WORLD; sets RANK, WORLD_SIZE and LOCAL_RANK."""
-    from ..comm.mpi import MPICommunicator  # noqa: PLC0415 - imports mpi4py, initialises MPI
-    from .mpi_worker import _local_rank  # noqa: PLC0415
-
-    from .mpi_worker import mpi_segments  # noqa: PLC0415
-
-    comm = MPICommunicator(None, algorithm)
-    _MPI_SEGMENTS[:] = mpi_segments()  # mapped by MPI_Init; nothing else has run yet
-    os.environ.update(RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size),
-                      LOCAL_RANK=str(_local_rank(comm.comm)))
-    return comm
-
-
-def run_direct(fn, args=(), algorithm: str = "ordered"):
-    """``fn(comm, *args)`` on this rank of a direct MPI job; any exception aborts every rank."""
-    comm = world_from_mpi(algorithm)
-    try:
-        return fn(comm, *args)
-    except SystemExit as exc:
-        if exc.code in (0, None):
-            raise
-        _abort(comm, f"exit status {exc.code}", "", int(exc.code) if isinstance(exc.code, int)
-               else 1)
-    except BaseException as exc:  # noqa: BLE001 - the other ranks must not wait for ever
-        _abort(comm, f"{type(exc).__name__}: {exc}", traceback.format_exc(), 1)
-
-
-def _abort(comm, summary: str, trace: str, code: int):
-    from .mpi_worker import unlink_segments  # noqa: PLC0415
-
-    sys.stderr.write(f"{trace}[rank {comm.rank}] {summary}; aborting the MPI job\n")
-    sys.stderr.flush()
-    unlink_segments(_MPI_SEGMENTS)  # MPI_Abort would leave them in /dev/shm
-    comm.comm.Abort(code)
 
 
 def find_mpiexec() -> str | None:
@@ -138,6 +93,9 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
     for name, value in (("timeout_s", timeout_s), ("job_timeout_s", job_timeout_s)):
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    simulate.link_model(link)  # bad options fail here, before any process starts
+    simulate.check_node_speeds(node_speeds, world_size)
+    threads = blas.share(world_size, blas_threads)
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise RuntimeError("backend 'mpi' needs mpiexec (pip install 'minilepton[mpi]')")
@@ -148,10 +106,10 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         with open(payload, "wb") as f:
             pickle.dump({"job": pickle.dumps((fn, tuple(args))), "prep": _preparation_data(fn),
                          "log_level": logging.getLogger().getEffectiveLevel(),
-                         "log_dir": log_dir, "comm_options": {"algorithm": algorithm, "timeout_s": timeout_s},
+                         "log_dir": log_dir,
+                         "comm_options": {"algorithm": algorithm, "timeout_s": timeout_s},
                          "simulation": {"link": link, "node_speeds": node_speeds}}, f)
-        threads = blas_threads or max(1, cpu_count() // world_size)
-        child_env = {**os.environ, **blas_threads_env(threads), **(env or {}),
+        child_env = {**os.environ, **blas.thread_env(threads), **(env or {}),
                      "WORLD_SIZE": str(world_size)}
         cmd = [mpiexec, "-n", str(world_size), sys.executable, "-m",
                "minilepton.cluster.mpi_worker", payload, job_dir]
@@ -221,41 +179,79 @@ def _unlink_job_segments(job_dir) -> None:
 def _run(cmd, env, job_dir, timeout_s):
     """Run mpiexec, echo its output, keep its last lines and the order in which ranks exited;
     stop everything on timeout or Ctrl-C."""
+    # preexec_fn only calls prctl (no locks), so it is safe with the pump threads running
+    die_with_launcher = _die_with_launcher if sys.platform == "linux" else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True,
-                            preexec_fn=_die_with_launcher if sys.platform == "linux" else None)
+                            start_new_session=True, preexec_fn=die_with_launcher)  # noqa: PLW1509
     tail = collections.deque(maxlen=40)
     pumps = [threading.Thread(target=_pump, args=(stream, sink, tail), daemon=True)
              for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
     for pump in pumps:
         pump.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    pids, exited = {}, []  # rank -> pid; ranks in the order their processes ended
+    watch = _ExitWatch(job_dir)
     try:
         while proc.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
                 _stop(proc, job_dir)
                 raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
                                           f"stopped all ranks")
-            _note_exits(job_dir, pids, exited)
-            time.sleep(_POLL_S)
-        _note_exits(job_dir, pids, exited)
+            watch.wait(_POLL_S)
+        watch.wait(0)
     except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
         _stop(proc, job_dir)
         raise
     finally:
+        watch.close()
         for pump in pumps:
             pump.join(timeout=_STOP_GRACE_S)
-    return proc.returncode, list(tail), exited
+    return proc.returncode, list(tail), watch.exited
 
 
-def _note_exits(job_dir, pids, exited) -> None:
-    """Append to ``exited`` the set of ranks whose process has ended since the last look."""
-    pids.update(_rank_pids(job_dir))
-    seen = set().union(*exited)
-    ended = {rank for rank, pid in pids.items() if rank not in seen and not _running(pid)}
-    if ended:
-        exited.append(ended)
+class _ExitWatch:
+    """The order in which the ranks' processes end, as sets of ranks seen ending together.
+
+    Where Linux has pidfds the kernel wakes the launcher the moment a rank ends, before mpiexec
+    has killed the others, so the rank that died first is told apart; elsewhere /proc is polled.
+    """
+
+    def __init__(self, job_dir):
+        self.job_dir, self.pids, self.fds, self.exited = job_dir, {}, {}, []
+        self.poller = select.poll() if hasattr(select, "poll") else None
+
+    def wait(self, timeout_s: float) -> None:
+        for rank, pid in _rank_pids(self.job_dir).items():
+            if rank not in self.pids:
+                self.pids[rank] = pid
+                self._open(rank, pid)
+        if self.fds:
+            self.poller.poll(timeout_s * 1000)
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+        seen = set().union(*self.exited)
+        ended = {rank for rank, pid in self.pids.items() if rank not in seen and
+                 not _running(pid)}
+        if ended:
+            self.exited.append(ended)
+            for fd in [fd for fd, rank in self.fds.items() if rank in ended]:
+                self.poller.unregister(fd)
+                del self.fds[fd]
+                os.close(fd)
+
+    def _open(self, rank, pid) -> None:
+        if self.poller is None or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # already gone (the check after polling sees it) or not supported
+            return
+        self.fds[fd] = rank
+        self.poller.register(fd, select.POLLIN)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
 
 
 def _running(pid: int) -> bool:
@@ -290,7 +286,7 @@ def _stop(proc, job_dir):
                 proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 pass
-    for rank, pid in _rank_pids(job_dir).items():
+    for pid in _rank_pids(job_dir).values():
         if _is_our_worker(pid, job_dir):
             try:
                 os.kill(pid, signal.SIGKILL)

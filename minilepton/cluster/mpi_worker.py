@@ -1,6 +1,7 @@
-"""One rank of a job started by ``launch_mpi``: ``python -m minilepton.cluster.mpi_worker PAYLOAD DIR``.
+"""The rank side of MPI jobs: the worker that ``launch_mpi`` starts, and direct runs.
 
-``mpiexec -n P`` starts P copies of this module. Each one
+``mpiexec -n P python -m minilepton.cluster.mpi_worker PAYLOAD DIR`` starts P copies of this
+module. Each one
 
 1. joins MPI, sets RANK, WORLD_SIZE and LOCAL_RANK, and writes ``DIR/rank{r}.pid`` (so the
    launcher can name a rank that dies by its process id, and kill any straggler) and
@@ -12,8 +13,12 @@
    ``DIR/rank{r}.pkl``: ``("ok", value)`` or ``("error", time, summary, traceback)``.
 
 On any exception the rank writes its error and calls ``MPI_Abort``, which stops every rank: the
-others may be blocked in a collective that will never complete, and a plain exit would leave
-them waiting in ``MPI_Finalize`` for ever.
+others may be blocked in a collective that will never complete.
+
+Direct runs (``mpiexec -n 4 python -m minilepton train ...``): ``in_mpi_job()`` says this process
+is a rank of an MPI job (from the environment alone), ``world_from_mpi()`` gives the
+communicator over COMM_WORLD, and ``run_direct(fn, args)`` runs ``fn(comm, *args)`` here,
+aborting every rank if it fails.
 """
 
 from __future__ import annotations
@@ -35,18 +40,22 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def setup_logging(rank: int, level: int, log_dir: str | None) -> None:
-    """Log records go to stderr (which mpiexec forwards) with a ``[rank k]`` prefix, and
-    optionally to ``log_dir/rank{k}.log``."""
-    fmt = logging.Formatter(f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    """Log records go to stderr (which mpiexec forwards to the launcher's console) with a
+    ``[rank k]`` prefix, and optionally to ``log_dir/rank{k}.log`` as the shm workers write it."""
+    from .logs import FILE_FORMAT, RankPrefix  # noqa: PLC0415
+
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers = [(logging.StreamHandler(sys.stderr), "%(message)s")]
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(log_dir, f"rank{rank}.log")))
-    for handler in handlers:
-        handler.setFormatter(fmt)
+        handlers.append((logging.FileHandler(os.path.join(log_dir, f"rank{rank}.log")),
+                         FILE_FORMAT))
+    prefix = RankPrefix(rank)
+    for handler, fmt in handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+        handler.addFilter(prefix)
         root.addHandler(handler)
     root.setLevel(level)
 
@@ -90,6 +99,52 @@ def _apply_simulation(comm, rank: int, options: dict):
     return simulate.wrap(comm, link=options.get("link"), node_speeds=options.get("node_speeds"))
 
 
+# ---- direct runs: `mpiexec -n P python -m minilepton ...`, every rank runs the program itself
+# Environment variables that process managers set in every rank (MPICH/hydra, Intel MPI,
+# Open MPI, PMIx, MVAPICH).
+_MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
+
+
+def in_mpi_job() -> bool:
+    """True when this process was started by mpiexec/mpirun (reads the environment only)."""
+    return any(name in os.environ for name in _MPI_RANK_VARS + _MPI_SIZE_VARS)
+
+
+def world_from_mpi(algorithm: str = "ordered"):
+    """An ``MPICommunicator`` over COMM_WORLD; sets RANK, WORLD_SIZE and LOCAL_RANK."""
+    from ..comm.mpi import MPICommunicator  # noqa: PLC0415 - imports mpi4py, initialises MPI
+
+    comm = MPICommunicator(None, algorithm)
+    _MPI_SEGMENTS[:] = mpi_segments()  # mapped by MPI_Init; nothing else has run yet
+    os.environ.update(RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size),
+                      LOCAL_RANK=str(_local_rank(comm.comm)))
+    return comm
+
+
+def run_direct(fn, args=(), algorithm: str = "ordered"):
+    """``fn(comm, *args)`` on this rank of a direct MPI job; any exception aborts every rank."""
+    comm = world_from_mpi(algorithm)
+    try:
+        return fn(comm, *args)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        _abort(comm, f"exit status {exc.code}", "", int(exc.code) if isinstance(exc.code, int)
+               else 1)
+    except BaseException as exc:  # noqa: BLE001 - the other ranks must not wait for ever
+        _abort(comm, f"{type(exc).__name__}: {exc}", traceback.format_exc(), 1)
+
+
+def _abort(comm, summary: str, trace: str, code: int):
+    sys.stderr.write(f"{trace}[rank {comm.rank}] {summary}; aborting the MPI job\n")
+    sys.stderr.flush()
+    unlink_segments(_MPI_SEGMENTS)  # MPI_Abort would leave them in /dev/shm
+    comm.comm.Abort(code)
+
+
+# ---- a rank of a job started by launch_mpi
 def run(payload_path: str, result_dir: str) -> None:
     from mpi4py import MPI  # noqa: PLC0415 - importing initialises MPI
 
