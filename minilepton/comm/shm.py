@@ -45,8 +45,14 @@ class ShmConfig:
     spin_s: float | None = None             # busy-wait before yielding (None: by cores)
     arena_min_bytes: int = 256 << 10        # smaller arena arrays all-reduce like private
                                             # ones: one wait instead of three beats a copy
+    split_min_bytes: int = 256 << 10        # private arrays, P > 2: above this, each rank
+                                            # reduces 1/P of each chunk (two waits, less work)
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: 1 MiB with a core per worker, else off)
+
+    def __post_init__(self):
+        if self.stage_depth < 3:
+            raise ValueError(f"stage_depth must be >= 3, not {self.stage_depth}")
 
     def block_bytes(self, world_size: int) -> int:
         """Bytes of one group's control block."""
@@ -272,6 +278,7 @@ class ShmCommunicator(Communicator):
         # context manager; any other case, and every check, goes through shm_collectives.
         if (algorithm is None and type(x) is np.ndarray and not self.hooks and self.link is None
                 and not self.verbose and x.nbytes <= self._small_bytes and op in _SMALL_OPS
+                and (self.world_size <= 2 or x.nbytes <= self.config.split_min_bytes)
                 and self.world_size > 1 and x.flags.c_contiguous and x.dtype.kind == "f"
                 and (x.nbytes <= self.arena_min_bytes or not self._owners
                      or self.peers_of(x) is None)):

@@ -91,6 +91,8 @@ def allreduce(comm, x, op="sum", algorithm=None):
                       f"({'arena, in place' if peers else 'private, staged'})")
         if peers is not None:
             _allreduce_arena(comm, flat, peers, UFUNCS[op], op == "mean")
+        elif P > 2 and x.nbytes > comm.config.split_min_bytes:
+            _allreduce_staged_split(comm, flat, UFUNCS[op], op == "mean")
         else:
             _allreduce_staged(comm, flat, UFUNCS[op], op == "mean")
     return x
@@ -174,6 +176,33 @@ def _allreduce_staged(comm, flat, uf, mean):
             uf(out, row[q][:L], out=out)
         if mean:
             np.divide(out, P, out=out)
+
+
+def _allreduce_staged_split(comm, flat, uf, mean):
+    """Private arrays, P > 2: the staged path with the reduction split. Rank r sums only part
+    r of each chunk (1/P of the work, which matters when P ranks share fewer cores), writes it
+    back over its own part of its slot, and after a second step copies the other parts from
+    their owners' slots. Two waits per chunk; needs a staging ring at least 3 deep (a slot is
+    still read during the step after it was written)."""
+    P, r, n = comm.world_size, comm.rank, flat.size
+    ring = comm.slots(flat.dtype)
+    depth, m = len(ring), ring[0][0].size
+    for a in range(0, n, m):
+        L = min(n, a + m) - a
+        row = ring[(comm._step + 1) % depth]
+        row[r][:L] = flat[a:a + L]
+        comm._sync("allreduce (chunk staged)")
+        cut = [q * L // P for q in range(P + 1)]
+        lo, hi = cut[r], cut[r + 1]
+        out = flat[a + lo:a + hi]
+        _ordered(out, [row[q][lo:hi] for q in range(P)], uf, None)
+        if mean:
+            np.divide(out, P, out=out)
+        row[r][lo:hi] = out
+        comm._sync("allreduce (parts reduced)")
+        for q in range(P):
+            if q != r:
+                flat[a + cut[q]:a + cut[q + 1]] = row[q][cut[q]:cut[q + 1]]
 
 
 def reduce_scatter(comm, x, op="sum"):
