@@ -214,6 +214,7 @@ def _machine(library, blas_threads) -> dict:
             else os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "minilepton": __version__, "mpi4py": mpi4py_version, "mpi_library": library,
+            "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "blas_threads_per_worker": blas_threads}
 
 
@@ -305,7 +306,10 @@ def plot(result, path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     machine = result["machine"]
-    fig.suptitle(f"{machine['cores']} cores, {machine['cpu']}; medians", fontsize=9)
+    load = machine.get("load_average_1min_at_end")
+    fig.suptitle(f"{machine['cores']} cores, {machine['cpu']}; medians"
+                 + (f"; load average {load:.1f} at the end" if load is not None else ""),
+                 fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
