@@ -117,7 +117,7 @@ def mpi_worker(sizes, modes, rounds, pin: bool, config_text: str = "") -> None:
     cores = blas.core_sets(P, pin)
     if cores:
         os.sched_setaffinity(0, cores[rank])
-    config = shm_config(config_text)
+    config = shm_config(config_text).resolve(P)
     made = Arena.create() if rank == 0 else None
     try:
         name, offset = world.bcast(

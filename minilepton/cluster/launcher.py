@@ -28,7 +28,6 @@ from multiprocessing.connection import wait as wait_ready
 
 from ..comm.arena import Arena, reap_orphans
 from ..comm.shm import ShmConfig
-from ..comm.shm_sync import spin_default
 from . import blas, logs, simulate
 from .worker import WorkerSpec, worker_main
 
@@ -77,8 +76,7 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     config = dataclasses.replace(config) if config else ShmConfig()  # ours to fill in
     if timeout_s is not None:
         config.timeout_s = float(timeout_s)
-    if config.spin_s is None:  # by the job's size, not a sub-group's: all share the cores
-        config.spin_s = spin_default(world_size, blas.cores())
+    config.resolve(world_size, blas.cores())  # by the job's size: sub-groups share the cores
     spec_link = simulate.link_model(link)
     speeds = simulate.check_node_speeds(node_speeds, world_size)
     threads = blas.share(world_size, blas_threads)

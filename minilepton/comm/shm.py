@@ -26,8 +26,7 @@ from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from . import shm_collectives
 from .base import CommError, Communicator
 from .shm_channels import Channels
-from .shm_sync import (LINE, SPIN_S_DEDICATED, spin_default, timeout_default,
-                       wait_counters)
+from .shm_sync import LINE, spin_default, timeout_default, wait_counters
 
 log = logging.getLogger(__name__)
 _SMALL_OPS = ("sum", "mean", "max")
@@ -38,7 +37,9 @@ class ShmConfig:
     """Sizes of a group's buffers and the stall timeout (see the module docstring)."""
 
     stage_depth: int = 8                    # staging slots per rank (a ring of them)
-    stage_bytes: int = 1 << 20              # bytes per staging slot: about one core's L2
+    stage_bytes: int | None = None          # bytes per staging slot (None: 1 MiB, one core's
+                                            # L2; 4 MiB when workers outnumber cores: fewer
+                                            # waits, each of which costs a context switch)
     channel_slots: int = 4                  # pieces in flight per (src, dst) channel
     channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
     timeout_s: float = field(default_factory=timeout_default)
@@ -53,6 +54,18 @@ class ShmConfig:
     def __post_init__(self):
         if self.stage_depth < 3:
             raise ValueError(f"stage_depth must be >= 3, not {self.stage_depth}")
+
+    def resolve(self, world_size: int, cores: int | None = None) -> "ShmConfig":
+        """Fill the fields left to None for a job of ``world_size`` workers (in place)."""
+        cores = cores or _cores()
+        dedicated = world_size <= cores
+        if self.spin_s is None:
+            self.spin_s = spin_default(world_size, cores)
+        if self.stage_bytes is None:
+            self.stage_bytes = (1 << 20) if dedicated else (4 << 20)
+        if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
+            self.pipeline_bytes = (1 << 20) if dedicated else 0
+        return self
 
     def block_bytes(self, world_size: int) -> int:
         """Bytes of one group's control block."""
@@ -86,16 +99,13 @@ class ShmCommunicator(Communicator):
                  link=None, verbose: bool | None = None):
         super().__init__(rank, len(members))
         self.arena, self.members, self.offset = arena, list(members), int(offset)
-        self.config = cfg = config or ShmConfig()
+        self.config = cfg = (config or ShmConfig()).resolve(len(members))
         self.link = link
         self.verbose = verbose_default() if verbose is None else verbose
         self.timeout_s = cfg.timeout_s
         self.pipeline_bytes = cfg.pipeline_bytes
         self.arena_min_bytes = cfg.arena_min_bytes
-        self.spin_s = cfg.spin_s if cfg.spin_s is not None else spin_default(
-            len(members), _cores())
-        if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
-            self.pipeline_bytes = (1 << 20) if self.spin_s >= SPIN_S_DEDICATED else 0
+        self.spin_s = cfg.spin_s
         P = self.world_size
         mm = memoryview(arena.mm)
         self._ctr = mm[self.offset:self.offset + P * 64].cast("q")
