@@ -31,6 +31,7 @@ rank may post several messages before its peer receives any, as with the shm cha
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -111,6 +112,12 @@ class MPICommunicator(Communicator):
         self._owned = _owned
         self._scratch = np.empty(0, np.uint8)
         self._pending: list = []  # (request, private copy) of sends not yet delivered
+        self._world_rank = MPI.COMM_WORLD.Get_rank()
+        self.verbose = os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0")
+
+    def _say(self, text: str) -> None:
+        """``MINILEPTON_VERBOSE=1``: log every operation, as the shm backend does."""
+        log.info("[rank %d/%d] %s", self._world_rank, self.rank, text)
 
     # ---- helpers
     @staticmethod
@@ -166,6 +173,10 @@ class MPICommunicator(Communicator):
         algorithm = self.algorithm if algorithm is None else self._check_algorithm(algorithm)
         P = self.world_size
         ring = (2 * (P - 1), 2 * (P - 1) * x.nbytes // P)  # the link model's critical path
+        if self.verbose:
+            small = algorithm == "ordered" and x.nbytes <= self.small_bytes
+            self._say(f"allreduce {op} {x.nbytes} B {x.dtype}{x.shape} {algorithm}"
+                      + (" (whole arrays to every rank)" if small else ""))
         if P == 1:
             with self._timed("allreduce", 0, 0):
                 pass
@@ -286,6 +297,8 @@ class MPICommunicator(Communicator):
     def send(self, x, dst: int) -> None:
         self.check_array(x, "send")
         dst = self.check_peer(dst, "send")
+        if self.verbose:
+            self._say(f"send {x.nbytes} B {x.dtype}{x.shape} -> rank {dst}")
         with self._timed("send", x.nbytes, 1, critical=(1, x.nbytes)):
             self._pending = [(req, buf) for req, buf in self._pending if not req.Test()]
             copy = _bytes(x).copy()  # the caller may reuse x as soon as send returns
@@ -295,6 +308,8 @@ class MPICommunicator(Communicator):
         self._check_inplace(x, "recv")
         src = self.check_peer(src, "recv")
         status = self.MPI.Status()
+        if self.verbose:
+            self._say(f"recv {x.nbytes} B {x.dtype}{x.shape} <- rank {src}")
         with self._timed("recv", 0, 0):
             req = self.comm.Irecv(_bytes(x), source=src, tag=_USER_TAG)
             self._wait([req], f"recv from rank {src}", [status])
