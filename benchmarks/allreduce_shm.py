@@ -16,6 +16,7 @@ MPICH. Without mpi4py/mpiexec it times the shm contenders alone, through ``launc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -63,7 +64,7 @@ def contenders(comm, mpi_comm, nbytes, modes):
     n = nbytes // 4
     out = {}
     if "mpi" in modes and mpi_comm is not None:
-        from mpi4py import MPI  # noqa: PLC0415
+        from mpi4py import MPI
 
         buf = np.zeros(n, np.float32)
         out["mpi"] = lambda: mpi_comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
@@ -97,7 +98,7 @@ def shm_job(comm, sizes, modes, rounds):
 
 def shm_config(text: str):
     """``"stage_bytes=262144,spin_s=3e-6"`` -> ShmConfig with those fields."""
-    from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
+    from minilepton.comm.shm import ShmConfig
 
     fields = dict(kv.split("=") for kv in text.split(",") if kv)
     return ShmConfig(**{k: (float(v) if "." in v or "e" in v else int(v))
@@ -106,11 +107,11 @@ def shm_config(text: str):
 
 def mpi_worker(sizes, modes, rounds, pin: bool, config_text: str = "") -> None:
     """One MPI rank: MPI's COMM_WORLD and a ShmCommunicator over an arena made by rank 0."""
-    from mpi4py import MPI  # noqa: PLC0415
+    from mpi4py import MPI
 
-    from minilepton.cluster import blas  # noqa: PLC0415
-    from minilepton.comm.arena import Arena  # noqa: PLC0415
-    from minilepton.comm.shm import world_communicator  # noqa: PLC0415
+    from minilepton.cluster import blas
+    from minilepton.comm.arena import Arena
+    from minilepton.comm.shm import world_communicator
 
     world = MPI.COMM_WORLD
     rank, P = world.Get_rank(), world.Get_size()
@@ -136,16 +137,12 @@ def mpi_worker(sizes, modes, rounds, pin: bool, config_text: str = "") -> None:
 
 
 def run_mpi(P, sizes, modes, rounds, pin, config_text="") -> dict | None:
-    try:
-        import mpi4py  # noqa: F401, PLC0415
-    except ImportError:
-        return None
-    if shutil.which("mpiexec") is None:
+    if importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None:
         return None
     cmd = ["mpiexec", "-n", str(P), sys.executable, os.path.abspath(__file__), "--mpi-worker",
            "--sizes", ",".join(map(str, sizes)), "--modes", ",".join(modes),
            "--rounds", str(rounds), "--pin", pin, "--config", config_text]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -175,7 +172,7 @@ def main(argv=None):
     for P in [int(p) for p in args.workers.split(",")]:
         runs = run_mpi(P, sizes, modes, args.rounds, args.pin, args.config)
         if runs is None:  # no MPI: the shm contenders alone, under the launcher
-            from minilepton.cluster import launch  # noqa: PLC0415
+            from minilepton.cluster import launch
 
             shm_modes = [m for m in modes if m != "mpi"]
             runs = launch(shm_job, P, args=(sizes, shm_modes, args.rounds), pin_cores=pin,

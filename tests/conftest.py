@@ -18,7 +18,7 @@ def _mpi_missing() -> str | None:
     if importlib.util.find_spec("mpi4py") is None:
         return "mpi4py is not installed (pip install '.[mpi]')"
     try:
-        from minilepton.cluster.mpi_launch import find_mpiexec  # noqa: PLC0415
+        from minilepton.cluster.mpi_launch import find_mpiexec
 
         found = find_mpiexec()
     except ImportError:
@@ -43,7 +43,7 @@ def backend(request) -> str:
 def small_config():
     """Shm buffers small enough that a few thousand values take many chunks and pieces (the
     channels still hold three messages of 600 float64 values: 8 pieces of 4 KiB)."""
-    from minilepton.comm.shm import ShmConfig  # noqa: PLC0415
+    from minilepton.comm.shm import ShmConfig
 
     return ShmConfig(stage_depth=3, stage_bytes=1024, channel_slots=8, channel_chunk_bytes=4096,
                      pipeline_bytes=1024, arena_min_bytes=0, split_min_bytes=2048)
@@ -51,7 +51,7 @@ def small_config():
 
 def run_job(backend: str, fn, world_size: int, args=(), **kwargs):
     """``launch`` on ``backend`` (a 30 s stall timeout unless given)."""
-    from minilepton.cluster import launch  # noqa: PLC0415
+    from minilepton.cluster import launch
 
     kwargs.setdefault("timeout_s", 30)
     if backend == "shm":

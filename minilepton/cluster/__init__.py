@@ -14,4 +14,4 @@ from . import simulate
 from .launcher import WorkerError, launch
 from .simulate import PROFILES, LinkModel
 
-__all__ = ["launch", "WorkerError", "simulate", "LinkModel", "PROFILES"]
+__all__ = ["PROFILES", "LinkModel", "WorkerError", "launch", "simulate"]

@@ -87,7 +87,7 @@ def limit_threads(threads: int) -> None:
     """Cap BLAS threads in this (already running) process."""
     os.environ.update(thread_env(threads))
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 - optional
+        from threadpoolctl import threadpool_limits
         threadpool_limits(threads)
         return
     except ImportError:

@@ -62,7 +62,7 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     so that a worker polling for its peer never sits on the core that peer needs).
     """
     if backend == "mpi":
-        from .mpi_launch import launch_mpi  # noqa: PLC0415 - needs mpi4py
+        from .mpi_launch import launch_mpi
 
         return launch_mpi(fn, world_size, args, timeout_s=timeout_s, start_method=start_method,
                           blas_threads=blas_threads, link=link, node_speeds=node_speeds,

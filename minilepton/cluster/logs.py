@@ -51,7 +51,7 @@ class LogRelay:
                 return
             try:
                 logging.getLogger(record.name).handle(record)
-            except Exception:  # a broken handler must not stop the relay
+            except Exception:  # noqa: BLE001, S110 - a broken handler must not stop the relay
                 pass
 
     def stop(self, timeout_s: float = 2.0) -> None:

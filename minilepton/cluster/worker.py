@@ -68,7 +68,7 @@ def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -
         message = ("error", type(exc).__name__, str(exc), traceback.format_exc())
     try:
         conn.send(message)
-    except Exception as exc:  # the result could not be pickled
+    except Exception as exc:  # noqa: BLE001 - the result could not be pickled
         conn.send(("error", type(exc).__name__, f"could not send the result back: {exc}",
                    traceback.format_exc()))
     finally:

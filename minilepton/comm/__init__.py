@@ -13,5 +13,5 @@ from .arena import Arena, ArenaFullError
 from .base import OPS, CommError, CommStats, Communicator
 from .shm import ShmCommunicator, ShmConfig
 
-__all__ = ["Communicator", "CommError", "CommStats", "OPS", "ShmCommunicator", "ShmConfig",
-           "Arena", "ArenaFullError"]
+__all__ = ["OPS", "Arena", "ArenaFullError", "CommError", "CommStats", "Communicator",
+           "ShmCommunicator", "ShmConfig"]

@@ -112,7 +112,7 @@ class Arena:
         self.base_addr = self.buf.ctypes.data if mapped else 0
 
     @classmethod
-    def create(cls, size_bytes: int | None = None, mapped: bool = False) -> "Arena":
+    def create(cls, size_bytes: int | None = None, mapped: bool = False) -> Arena:
         """Make a new arena file with a job-unique name; the caller must ``unlink`` it."""
         size_bytes = _round_up(size_bytes or arena_bytes_default())
         if size_bytes < 2 * HEADER_BYTES:
@@ -131,7 +131,7 @@ class Arena:
             raise
 
     @classmethod
-    def attach(cls, name: str) -> "Arena":
+    def attach(cls, name: str) -> Arena:
         """Map an existing arena by name (in a worker)."""
         path = os.path.join(shm_dir(), name)
         try:

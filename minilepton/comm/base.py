@@ -127,7 +127,7 @@ class Communicator:
     def barrier(self) -> None:
         raise NotImplementedError
 
-    def split(self, color: int, key: int | None = None) -> "Communicator":
+    def split(self, color: int, key: int | None = None) -> Communicator:
         raise NotImplementedError
 
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
@@ -143,7 +143,7 @@ class Communicator:
 class _Timed:
     """Context manager that times one operation, updates the counters and fires the hooks."""
 
-    __slots__ = ("comm", "op", "nbytes", "messages", "critical", "t0")
+    __slots__ = ("comm", "critical", "messages", "nbytes", "op", "t0")
 
     def __init__(self, comm, op, nbytes, messages, critical=None):
         self.comm, self.op, self.nbytes, self.messages = comm, op, nbytes, messages

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from . import shm_collectives
+from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from .base import CommError, Communicator
 from .shm_channels import Channels
 from .shm_sync import LINE, spin_default, timeout_default, wait_counters
@@ -55,7 +55,7 @@ class ShmConfig:
         if self.stage_depth < 3:
             raise ValueError(f"stage_depth must be >= 3, not {self.stage_depth}")
 
-    def resolve(self, world_size: int, cores: int | None = None) -> "ShmConfig":
+    def resolve(self, world_size: int, cores: int | None = None) -> ShmConfig:
         """Fill the fields left to None for a job of ``world_size`` workers (in place)."""
         cores = cores or _cores()
         dedicated = world_size <= cores
@@ -234,7 +234,7 @@ class ShmCommunicator(Communicator):
                 self._say("barrier")
             self._sync("barrier")
 
-    def split(self, color, key=None) -> "ShmCommunicator | None":
+    def split(self, color, key=None) -> ShmCommunicator | None:
         """Collective over this group: ranks passing the same ``color`` (an int >= 0) form a new
         group, ordered by ``(key, rank)``; ``color=None`` joins no group and gets None."""
         if color is not None and (int(color) != color or color < 0):
