@@ -90,7 +90,7 @@ def _local_rank(world) -> int:
         node.Free()
 
 
-def _apply_simulation(comm, rank: int, options: dict):
+def _apply_simulation(comm, options: dict):
     """The simulated cluster's link model and node speed factor, when the job asked for them."""
     if not options.get("link") and not options.get("node_speeds"):
         return comm
@@ -162,7 +162,7 @@ def run(payload_path: str, result_dir: str) -> None:
         _prepare(payload["prep"])
         setup_logging(rank, payload["log_level"], payload["log_dir"])
         fn, args = pickle.loads(payload["job"])
-        comm = _apply_simulation(MPICommunicator(world, **payload["comm_options"]), rank,
+        comm = _apply_simulation(MPICommunicator(world, **payload["comm_options"]),
                                  payload["simulation"])
         value = fn(comm, *args)
         comm.close()  # delivers sends still in flight
