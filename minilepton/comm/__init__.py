@@ -3,7 +3,7 @@
 - ``base``: the protocol, ``CommError``, counters (``stats``) and timeline ``hooks``.
 - ``shm``: the shared-memory backend (the default): ``ShmCommunicator`` over one job's
   ``arena``; its collectives in ``shm_collectives`` and ``ring``, its waiting in ``shm_sync``,
-  its point-to-point queues in ``shm_channels``.
+  its point-to-point queues in ``shm_channels``, its sizes in ``shm_config``.
 - ``mpi``: the same protocol on mpi4py (imported on demand: it initialises MPI).
 """
 

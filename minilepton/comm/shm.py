@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,60 +25,11 @@ from . import shm_collectives
 from .arena import ALIGN_BYTES, ArenaFullError, _round_up
 from .base import CommError, Communicator
 from .shm_channels import Channels
-from .shm_sync import LINE, spin_default, timeout_default, wait_counters
+from .shm_config import ShmConfig
+from .shm_sync import LINE, wait_counters
 
 log = logging.getLogger(__name__)
 _SMALL_OPS = ("sum", "mean", "max")
-
-
-@dataclass
-class ShmConfig:
-    """Sizes of a group's buffers and the stall timeout (see the module docstring)."""
-
-    stage_depth: int = 8                    # staging slots per rank (a ring of them)
-    stage_bytes: int | None = None          # bytes per staging slot (None: 1 MiB, one core's
-                                            # L2; 4 MiB when workers outnumber cores: fewer
-                                            # waits, each of which costs a context switch)
-    channel_slots: int = 4                  # pieces in flight per (src, dst) channel
-    channel_chunk_bytes: int = 256 << 10    # bytes per channel piece
-    timeout_s: float = field(default_factory=timeout_default)
-    spin_s: float | None = None             # busy-wait before yielding (None: by cores)
-    arena_min_bytes: int = 256 << 10        # smaller arena arrays all-reduce like private
-                                            # ones: one wait instead of three beats a copy
-    split_min_bytes: int = 256 << 10        # private arrays, P > 2: above this, each rank
-                                            # reduces 1/P of each chunk (two waits, less work)
-    pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
-                                            # (None: 1 MiB with a core per worker, else off)
-
-    def __post_init__(self):
-        if self.stage_depth < 3:
-            raise ValueError(f"stage_depth must be >= 3, not {self.stage_depth}")
-
-    def resolve(self, world_size: int, cores: int | None = None) -> ShmConfig:
-        """Fill the fields left to None for a job of ``world_size`` workers (in place)."""
-        cores = cores or _cores()
-        dedicated = world_size <= cores
-        if self.spin_s is None:
-            self.spin_s = spin_default(world_size, cores)
-        if self.stage_bytes is None:
-            self.stage_bytes = (1 << 20) if dedicated else (4 << 20)
-        if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
-            self.pipeline_bytes = (1 << 20) if dedicated else 0
-        return self
-
-    def block_bytes(self, world_size: int) -> int:
-        """Bytes of one group's control block."""
-        head = _round_up(world_size * 64 * 3)
-        stage = _round_up(self.stage_depth * world_size * self.stage_bytes)
-        return head + stage + Channels.region_bytes(world_size, self.channel_slots,
-                                                    self.channel_chunk_bytes)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def verbose_default() -> bool:
