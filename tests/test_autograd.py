@@ -14,9 +14,15 @@ from hypothesis.extra import numpy as hnp
 
 import minilepton as ml
 from minilepton import Tensor, gradcheck, no_grad
-from minilepton.autograd import (GradcheckError, binary_cross_entropy,
-                                 binary_cross_entropy_with_logits, cross_entropy, is_grad_enabled,
-                                 log_softmax, mse)
+from minilepton.autograd import (
+    GradcheckError,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    is_grad_enabled,
+    log_softmax,
+    mse,
+)
 
 CHECK = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -472,9 +478,8 @@ def test_no_grad_records_nothing_and_restores_the_mode():
         assert not is_grad_enabled()
     assert is_grad_enabled()
     assert not y.requires_grad and y.is_leaf and y._parents == ()
-    with pytest.raises(ValueError):
-        with no_grad():
-            raise ValueError
+    with pytest.raises(ValueError), no_grad():
+        raise ValueError
     assert is_grad_enabled()
     assert (x * 2.0).requires_grad
 
@@ -599,3 +604,27 @@ def test_article_worked_example_logistic_regression_one_sgd_step():
     opt.step()
     assert weight.item() == pytest.approx(1.0026894, abs=5e-8)
     assert bias.item() == pytest.approx(0.0026894, abs=5e-8)
+
+
+def test_a_deep_graph_needs_no_recursion():
+    x = Tensor(np.array([1.0]), requires_grad=True)
+    y = x
+    for _ in range(5000):
+        y = y * 1.0 + 0.0
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [1.0])
+
+
+@CHECK
+@given(seed=seeds, n=st.integers(1, 4), k=st.integers(1, 4), m=st.integers(1, 4),
+       bias=st.booleans(), x_grad=st.booleans())
+def test_fused_linear_matches_its_unfused_form(seed, n, k, m, bias, x_grad):
+    rng = np.random.default_rng(seed)
+    x, w = leaf(rng, (n, k), requires_grad=x_grad), leaf(rng, (k, m))
+    b = leaf(rng, (m,)) if bias else None
+    inputs = [x, w] + ([b] if bias else [])
+    gradcheck(lambda *t: ml.nn.functional.linear(*t), inputs)
+    out = ml.nn.functional.linear(x, w, b)
+    np.testing.assert_allclose(out.data, x.data @ w.data + (b.data if bias else 0.0))
+    x3 = leaf(rng, (2, n, k))  # other shapes take the unfused path
+    gradcheck(lambda a, c: ml.nn.functional.linear(a, c), [x3, w])

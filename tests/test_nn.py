@@ -10,8 +10,19 @@ import pytest
 
 import minilepton as ml
 from minilepton import Tensor
-from minilepton.nn import (Linear, Module, Parameter, ReLU, Sequential, Sigmoid, StateDictError,
-                           Tanh, functional as F, logistic_regression, mlp)
+from minilepton.nn import (
+    Linear,
+    Module,
+    Parameter,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    StateDictError,
+    Tanh,
+    logistic_regression,
+    mlp,
+)
+from minilepton.nn import functional as F
 
 
 class Block(Module):

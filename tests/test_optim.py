@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minilepton as ml
-from minilepton.nn import Parameter, StateDictError, functional as F, mlp
+from minilepton.nn import Parameter, StateDictError, mlp
+from minilepton.nn import functional as F
 from minilepton.optim import SGD, Adam, Optimizer
 
 STEPS = 5

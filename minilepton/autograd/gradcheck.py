@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .grad_mode import no_grad
-from .tensor import Tensor
 
 
 class GradcheckError(AssertionError):

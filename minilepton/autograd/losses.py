@@ -16,15 +16,19 @@ REDUCTIONS = ("mean", "sum")
 
 def _labels(labels, n_rows: int, n_classes: int, xp):
     labels = labels.data if isinstance(labels, Tensor) else labels
-    labels = xp.asarray(labels)
+    if type(labels) is not np.ndarray:
+        labels = xp.asarray(labels)
     if labels.shape != (n_rows,):
         raise ValueError(f"labels must have shape ({n_rows},) to match the logits, not {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and bool((labels == xp.round(labels)).all()):
+    kind = labels.dtype.kind
+    if kind not in "iu":
+        if kind == "f" and bool((labels == xp.round(labels)).all()):
             labels = labels.astype(np.int64)
         else:
             raise ValueError(f"labels must be integers (class indices), not {labels.dtype}")
-    if n_rows and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+    # One reduction checks both ends: seen as unsigned, a negative label is huge.
+    unsigned = labels.view(labels.dtype.str.replace("i", "u"))
+    if n_rows and int(unsigned.max()) >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes}); got {int(labels.min())}..{int(labels.max())}")
     return labels
 

@@ -164,6 +164,34 @@ def matmul(a: Tensor, b) -> Tensor:
     return Tensor._make(A @ B, (a, b), backward_nd)
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """out = x @ W + b in one node (x of shape (N, in), W (in, out), b (out,));
+    ∂x = g @ Wᵀ, ∂W = xᵀ @ g, ∂b = Σₙ g.
+
+    The same as ``x @ W + b`` with one node less and the bias added into the fresh product in
+    place (the unfused form allocates and fills a second (N, out) array). Other shapes or mixed
+    dtypes take the unfused path.
+    """
+    X, W = x.data, weight.data
+    if X.ndim != 2 or W.ndim != 2 or X.dtype != W.dtype or (
+            bias is not None and (bias.data.ndim != 1 or bias.data.dtype != W.dtype)):
+        out = matmul(x, weight)
+        return out if bias is None else add(out, bias)
+    out = X @ W
+    if bias is None:
+        def backward(g):
+            return (g @ W.T if x.requires_grad else None,
+                    X.T @ g if weight.requires_grad else None)
+        return Tensor._make(out, (x, weight), backward)
+    out += bias.data
+
+    def backward_bias(g):
+        return (g @ W.T if x.requires_grad else None,
+                X.T @ g if weight.requires_grad else None,
+                g.sum(axis=0) if bias.requires_grad else None)
+    return Tensor._make(out, (x, weight, bias), backward_bias)
+
+
 def rmatmul(a: Tensor, b) -> Tensor:
     return matmul(Tensor(b, dtype=a.dtype), a)
 

@@ -26,7 +26,7 @@ def _keep(g, shape, axes):
     return g.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
 
 
-def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - the op's name
+def sum(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """out = Σ a over ``axis``;  ∂a = g broadcast back over the summed axes."""
     shape, axes = a.data.shape, _axes(axis, a.data.ndim)
     xp = backend.xp_of(a.data)
@@ -43,7 +43,7 @@ def mean(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
                         lambda g: (xp.broadcast_to(_keep(g, shape, axes) / n, shape),))
 
 
-def max(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(a: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """out = max a over ``axis``;  ∂a = g shared equally among the positions that hold the max."""
     A, axes = a.data, _axes(axis, a.data.ndim)
     top = A.max(axis=axes, keepdims=True)

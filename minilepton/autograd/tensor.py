@@ -3,8 +3,9 @@
 A Tensor wraps one backend array (NumPy or CuPy). An operation on tensors that require
 gradients records a node: its parent tensors and a ``backward`` closure that maps the gradient
 of the output, ∂L/∂out, to the gradients of the parents, (∂L/∂a, ∂L/∂b, ...). ``loss.backward()``
-sorts the recorded graph topologically (an explicit stack, no recursion) and walks it from the
-loss to the leaves, summing the contributions that reach each node (the multivariate chain rule).
+walks the recorded graph from the loss to the leaves in topological order (Kahn's algorithm over
+explicit stacks: no recursion, so no depth limit), summing the contributions that reach each
+node (the multivariate chain rule) before passing it on.
 
 Gradients of leaves accumulate: ``.grad`` holds the sum over every ``backward()`` call since it
 was last cleared (``optimizer.zero_grad()`` or ``t.grad = None``), as in PyTorch. The graph is
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .grad_mode import is_grad_enabled
+from .grad_mode import _state as _grad_mode
 
 
 def _as_array(data, dtype=None):
@@ -36,13 +37,6 @@ def _as_array(data, dtype=None):
     return np.asarray(data, dtype=dtype or backend.default_dtype())
 
 
-def _root_id(array) -> int:
-    """Identity of the memory block an array views (to detect two grads sharing memory)."""
-    while getattr(array, "base", None) is not None:
-        array = array.base
-    return id(array)
-
-
 class Tensor:
     """An array that remembers how it was computed, so it can be differentiated.
 
@@ -50,7 +44,7 @@ class Tensor:
     becomes the default dtype (float32 unless ``ml.backend.set_default_dtype`` says otherwise).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "name")
+    __slots__ = ("_backward", "_parents", "data", "grad", "name", "requires_grad")
     __array_ufunc__ = None  # so `ndarray + Tensor` defers to Tensor.__radd__ (and friends)
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, name: str | None = None):
@@ -63,19 +57,26 @@ class Tensor:
 
     @classmethod
     def _make(cls, data, parents, backward):
-        """Result of an op: records the node only when grad mode is on and a parent needs it."""
+        """Result of an op: records the node only when grad mode is on and a parent needs it.
+
+        ``backward(g)`` returns one gradient (or None) per parent: new arrays or views of ``g``,
+        never an array it keeps (the engine may store the result as a leaf's ``.grad`` and add
+        into it later).
+        """
         out = cls.__new__(cls)
         out.data = data
         out.grad = None
         out.name = None
-        if is_grad_enabled() and any(p.requires_grad for p in parents):
-            out.requires_grad = True
-            out._parents = parents
-            out._backward = backward
-        else:
-            out.requires_grad = False
-            out._parents = ()
-            out._backward = None
+        if _grad_mode.enabled:
+            for p in parents:
+                if p.requires_grad:
+                    out.requires_grad = True
+                    out._parents = parents
+                    out._backward = backward
+                    return out
+        out.requires_grad = False
+        out._parents = ()
+        out._backward = None
         return out
 
     # ----------------------------------------------------------------- plain properties
@@ -120,7 +121,7 @@ class Tensor:
     def _bad_item(self):
         raise ValueError(f"item() needs a tensor with one element, not shape {self.shape}")
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """The same values, cut from the graph."""
         return Tensor(self.data)
 
@@ -142,72 +143,97 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a one-element tensor, "
                                    f"not shape {self.shape}; pass grad=∂L/∂self")
-            grad = xp.ones_like(self.data)
+            grad = xp.array(1, dtype=self.data.dtype)  # ones_like is 6x slower
+            if self.data.ndim:
+                grad = grad.reshape(self.data.shape)
         else:
             grad = xp.array(_as_array(grad), dtype=self.dtype).reshape(self.shape)  # a copy
 
-        order = _topological_order(self)
+        # Kahn's topological order: a node runs its backward once every child that will send it
+        # a gradient has run (``pending`` counts those edges), so each node runs once, with
+        # the complete sum of its gradient contributions (the multivariate chain rule).
+        pending = _count_children(self)
         grads = {id(self): grad}
+        ready = [self]
         seen_memory = set()
-        for node in reversed(order):
+        while ready:
+            node = ready.pop()
             g = grads.pop(id(node), None)
-            if g is None:
+            backward = node._backward
+            if backward is None:  # a leaf: accumulate into .grad
+                if g is not None:
+                    _accumulate_leaf(node, g, seen_memory)
                 continue
-            if node._backward is None:  # a leaf: accumulate into .grad
-                _accumulate_leaf(node, g, seen_memory)
-                continue
-            for parent, pg in zip(node._parents, node._backward(g)):
-                if pg is None or not parent.requires_grad:
+            parents = node._parents
+            if g is None:  # no gradient reached this node; its inputs still wait for it
+                pgs = (None,) * len(parents)
+            else:
+                pgs = backward(g)
+            for parent, pg in zip(parents, pgs):
+                if not parent.requires_grad:
                     continue
                 key = id(parent)
-                prev = grads.get(key)
-                grads[key] = pg if prev is None else prev + pg
+                if pg is not None:
+                    prev = grads.get(key)
+                    grads[key] = pg if prev is None else prev + pg
+                left = pending[key] - 1
+                if left:
+                    pending[key] = left
+                else:
+                    ready.append(parent)
 
     # Operators and methods are attached in ops.py / shape_ops.py, next to their backward rules.
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes reachable from ``root`` that require grad, every parent before its children."""
-    order, visited, stack = [], set(), [(root, False)]
+def _count_children(root: Tensor) -> dict:
+    """For every node reachable from ``root`` through inputs that require grad: how many
+    recorded edges lead into it (an input used twice by one op counts twice)."""
+    pending, stack = {}, [root]
     while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
-    return order
+        for parent in stack.pop()._parents:
+            if parent.requires_grad:
+                key = id(parent)
+                if key in pending:
+                    pending[key] += 1
+                else:
+                    pending[key] = 1
+                    stack.append(parent)
+    return pending
 
 
 def _accumulate_leaf(leaf: Tensor, g, seen_memory: set) -> None:
-    """``leaf.grad += g``; the first gradient is stored as is unless it shares memory."""
-    if g.shape != leaf.data.shape:  # a leaf broadcast inside an op that did not reduce
-        g = g.reshape(leaf.data.shape)
-    if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
-    if leaf.grad is None:
-        root = _root_id(g)
-        if root in seen_memory or not _writable(g):
-            g = g.copy()
-            root = id(g)
-        seen_memory.add(root)
+    """``leaf.grad += g``; the first gradient is stored as is unless it shares memory with
+    another leaf's gradient of this pass, or is a read-only (broadcast) view."""
+    data = leaf.data
+    if g.shape != data.shape:  # a leaf broadcast inside an op that did not reduce
+        g = g.reshape(data.shape)
+    if g.dtype != data.dtype:
+        g = g.astype(data.dtype)
+    grad = leaf.grad
+    if grad is None:
+        root = g if g.base is None else _root(g)
+        if id(root) in seen_memory or not _writable(g):
+            g = root = g.copy()
+        seen_memory.add(id(root))
         leaf.grad = g
-    elif leaf.grad.shape == g.shape and _writable(leaf.grad):
-        leaf.grad += g  # in place: a grad that is a view of a bucket fills the bucket
+    elif grad.shape == g.shape and _writable(grad):
+        grad += g  # in place: a grad that is a view of a bucket fills the bucket
     else:
-        leaf.grad = leaf.grad + g
+        leaf.grad = grad + g
+
+
+def _root(array):
+    """The array that owns the memory ``array`` views (to detect two grads sharing memory)."""
+    while array.base is not None:
+        array = array.base
+    return array
 
 
 def _writable(array) -> bool:
-    """May ``array`` be added into in place? Not a read-only view (NumPy's broadcast_to) and
-    no stride-0 axis (a broadcast view, which CuPy does not mark read-only)."""
-    if not getattr(array.flags, "writeable", True):
-        return False
+    """May ``array`` be added into in place? NumPy marks broadcast views read-only; CuPy has no
+    such flag, so there a stride-0 axis (a broadcast view) says no."""
+    if type(array) is np.ndarray:
+        return array.flags.writeable
     return all(stride or n <= 1 for stride, n in zip(array.strides, array.shape))
 
 

@@ -8,5 +8,16 @@ from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 from .models import logistic_regression, mlp
 from .module import Module, Parameter, StateDictError
 
-__all__ = ["Module", "Parameter", "StateDictError", "Linear", "ReLU", "Sigmoid", "Tanh",
-           "Sequential", "mlp", "logistic_regression", "functional"]
+__all__ = [
+           "Linear",
+           "Module",
+           "Parameter",
+           "ReLU",
+           "Sequential",
+           "Sigmoid",
+           "StateDictError",
+           "Tanh",
+           "functional",
+           "logistic_regression",
+           "mlp",
+]

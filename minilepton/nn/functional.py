@@ -7,18 +7,34 @@
 - ``binary_cross_entropy_with_logits(logits, targets)``: the same loss taken from *logits*
   (before the sigmoid); prefer it for training, it is exact for any logit.
 - ``mse(pred, target)``: mean squared error over all elements.
-- ``log_softmax``, ``softmax``, ``relu``, ``sigmoid``, ``tanh``.
+- ``linear(x, weight, bias)``: x @ W + b as one graph node; ``log_softmax``, ``softmax``,
+  ``relu``, ``sigmoid``, ``tanh``.
 """
 
 from __future__ import annotations
 
-from ..autograd.losses import (binary_cross_entropy, binary_cross_entropy_with_logits,
-                               cross_entropy, log_softmax, mse)
-from ..autograd.ops import relu, sigmoid, tanh
+from ..autograd.losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log_softmax,
+    mse,
+)
+from ..autograd.ops import linear, relu, sigmoid, tanh
 from ..autograd.tensor import Tensor
 
-__all__ = ["cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "mse",
-           "log_softmax", "softmax", "relu", "sigmoid", "tanh"]
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "linear",
+    "log_softmax",
+    "mse",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "tanh",
+]
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:

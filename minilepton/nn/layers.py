@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Tensor
+from ..autograd.ops import linear
 from .module import Module, Parameter
 
 
@@ -50,8 +51,7 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(self.out_features, dtype=dtype)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+        return linear(x, self.weight, self.bias)  # x @ W + b, one fused graph node
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -106,7 +106,7 @@ class Sequential(Module):
             x = module(x)
         return x
 
-    def append(self, module: Module) -> "Sequential":
+    def append(self, module: Module) -> Sequential:
         """Add ``module`` at the end, named by its position."""
         name = str(len(self._modules))
         if name in self._modules:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh, as_generator
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -25,7 +27,7 @@ def mlp(sizes, activation="relu", seed=0, dtype=None) -> Sequential:
         activation = ACTIVATIONS[activation]
     rng = as_generator(seed)
     layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(Linear(n_in, n_out, rng=rng, dtype=dtype))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -38,4 +40,4 @@ def logistic_regression(n_features: int, seed=0, dtype=None) -> Sequential:
     return Sequential(Linear(n_features, 1, rng=as_generator(seed), dtype=dtype), Sigmoid())
 
 
-__all__ = ["mlp", "logistic_regression", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "logistic_regression", "mlp"]

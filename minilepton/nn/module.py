@@ -137,12 +137,12 @@ class Module:
             p.data[...] = backend.xp_of(p.data).asarray(state[name])
 
     # ----------------------------------------------------------------- modes and devices
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
@@ -150,7 +150,7 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def to(self, device: str) -> "Module":
+    def to(self, device: str) -> Module:
         """Move every parameter (and its gradient) to ``"cpu"``, ``"gpu"`` or ``"auto"``.
 
         Create optimizers after moving: their state is allocated next to the parameters.

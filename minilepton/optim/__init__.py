@@ -4,4 +4,4 @@ from .adam import Adam
 from .optimizer import Optimizer, StateDictError
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "StateDictError"]
+__all__ = ["SGD", "Adam", "Optimizer", "StateDictError"]

@@ -41,21 +41,23 @@ class Adam(Optimizer):
         xp = backend.xp_of(p.data)
         t = state["step"] = state.get("step", 0) + 1
         if decay:
-            g = g + decay * p.data
+            decayed = xp.multiply(p.data, decay, out=self._scratch(p.data, 1))
+            g = xp.add(g, decayed, out=decayed)
         m = state.get("exp_avg")
         if m is None:
             m = state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         v = state["exp_avg_sq"]
+        tmp = self._scratch(p.data)  # every temporary of the update lives here, one after another
         m *= b1
-        m += (1.0 - b1) * g
-        sq = g * g
-        sq *= 1.0 - b2
+        m += xp.multiply(g, 1.0 - b1, out=tmp)
         v *= b2
-        v += sq
-        denom = xp.sqrt(v, out=sq)  # re-use the temporary
+        tmp = xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
+        denom = xp.sqrt(v, out=tmp)
         denom /= math.sqrt(1.0 - b2 ** t)
         denom += eps
-        step = xp.divide(m, denom, out=denom)
+        step = xp.divide(m, denom, out=tmp)
         step *= lr / (1.0 - b1 ** t)
         p.data -= step

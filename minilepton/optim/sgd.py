@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import backend
 from .optimizer import Optimizer
 
 
@@ -29,8 +30,10 @@ class SGD(Optimizer):
 
     def _update(self, p, g, state: dict) -> None:
         lr, momentum, decay = float(self.lr), float(self.momentum), float(self.weight_decay)
+        xp = backend.xp_of(p.data)
         if decay:
-            g = g + decay * p.data
+            decayed = xp.multiply(p.data, decay, out=self._scratch(p.data, 1))
+            g = xp.add(g, decayed, out=decayed)
         if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
@@ -39,5 +42,5 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += g
             g = buf
-        p.data -= lr * g
+        p.data -= xp.multiply(g, lr, out=self._scratch(p.data))  # no temporary allocated
         state["step"] = state.get("step", 0) + 1
