@@ -58,8 +58,8 @@ class Optimizer:
         step. While the step's graph is still alive (the caller holds the loss) those blocks
         come from fresh memory at the top of the heap, and when the graph goes the C allocator
         hands them back to the OS, so every step page-faults them in again: about 3,900 faults
-        per step of the 784-1024-1024-10 MLP, 0.5-1.5 % of its time (benchmarks/step_overhead.py). One kept
-        buffer per (array type, dtype, slot), as large as the largest parameter, avoids that.
+        per step of the 784-1024-1024-10 MLP, 0.5-1.5 % of its time. One kept buffer per
+        (array type, dtype, slot), as large as the largest parameter, avoids that.
         """
         key = (type(like), like.dtype, slot, like.shape)
         view = self._scratch_views.get(key)
