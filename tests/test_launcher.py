@@ -125,7 +125,8 @@ def test_a_failing_worker_stops_the_job_and_is_named(tmp_path, how, rank, words)
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores it
     sys.path.insert(0, {tests!r})
     from test_launcher import failing_job
     from minilepton.cluster import launch

@@ -311,7 +311,8 @@ def test_a_stopped_or_killed_launcher_takes_every_rank_with_it(job_tmp, sig):
 
     pid_dir, launcher_tmp = job_tmp
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import signal, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores it
         import test_mpi
         from minilepton.cluster.mpi_launch import launch_mpi
         try:

@@ -5,6 +5,7 @@ Figures go to a temporary folder (MINILEPTON_FIGURES), so the tests never touch 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 CELL_TIMEOUT_S = 120
 
@@ -30,6 +32,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINILEPTON_FIGURES", str(tmp_path / "figures"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # small matrices; spinning threads hurt
+    # the kernel imports the minilepton of this tree, however (or whether) it was installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT),
+                                                                   os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})

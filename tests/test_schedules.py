@@ -68,8 +68,8 @@ def test_bad_arguments():
 @settings(max_examples=30, deadline=None)
 @given(sizes, names, st.floats(0.5, 3.0))
 def test_replay_with_measured_durations(mp, name, backward_cost):
-    """Equal stages reproduce theory for any forward/backward cost ratio; a slow stage adds
-    bubble on the others."""
+    """Equal stages reproduce theory for any forward/backward cost ratio; a slow stage makes
+    the other stages idle longer."""
     m_count, stages = mp
     plan = schedule(name, m_count, stages)
 
@@ -81,5 +81,9 @@ def test_replay_with_measured_durations(mp, name, backward_cost):
     assert result["bubble"] == pytest.approx(bubble_fraction(stages, m_count))
     assert result["bubble_busiest"] == pytest.approx(result["bubble"])
     assert result["makespan_s"] == pytest.approx((m_count + stages - 1) * (1 + backward_cost))
-    if stages > 1 and m_count > 1:
-        assert replay(orders(slow_stage=0))["bubble"] > result["bubble"]
+    if stages > 1:  # the others wait longer (their idle share need not grow: the work does too)
+        slow = replay(orders(slow_stage=0))
+
+        def others_idle_s(r):
+            return sum(r["makespan_s"] - busy for busy in r["busy_s"][1:])
+        assert others_idle_s(slow) > others_idle_s(result) + 1e-9

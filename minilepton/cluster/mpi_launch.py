@@ -8,7 +8,9 @@ supervised like the shared-memory one:
 - a rank that raises aborts the whole MPI job; ``WorkerError(rank, message)`` names it, with the
   exception and its traceback;
 - a rank killed by a signal: named as the first rank whose process ended without a result (the
-  launcher watches the ranks' process ids), with mpiexec's exit string;
+  launcher watches the ranks' process ids), with mpiexec's exit string. MPICH's mpiexec (hydra)
+  runs with ``-disable-auto-cleanup``, so it does not kill the other ranks at once, which would
+  race with the launcher's watch; the launcher sees the rank die, then kills the rest itself;
 - a collective that waits past ``timeout_s`` fails on its rank, which aborts the job; past
   ``job_timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
   still alive is killed by its process id (hydra gives each rank its own session, so killing
@@ -24,6 +26,7 @@ the rank side, and importable from here) let the program run as one rank.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -50,6 +53,17 @@ def find_mpiexec() -> str | None:
     """The ``mpiexec`` next to this Python (where the ``mpich`` wheel puts it), else on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+@functools.lru_cache(maxsize=None)
+def _is_hydra(mpiexec: str) -> bool:
+    """MPICH's launcher (hydra): it can leave the other ranks alive when one dies, so that this
+    launcher, watching them, names the rank that died first and then stops the rest itself."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "hydra" in (out.stdout + out.stderr).lower()
 
 
 def _worker_error(rank, message: str) -> Exception:
@@ -111,7 +125,8 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
                          "simulation": {"link": link, "node_speeds": node_speeds}}, f)
         child_env = {**os.environ, **blas.thread_env(threads), **(env or {}),
                      "WORLD_SIZE": str(world_size)}
-        cmd = [mpiexec, "-n", str(world_size), sys.executable, "-m",
+        own_cleanup = ["-disable-auto-cleanup"] if _is_hydra(mpiexec) else []
+        cmd = [mpiexec, *own_cleanup, "-n", str(world_size), sys.executable, "-m",
                "minilepton.cluster.mpi_worker", payload, job_dir]
         try:
             returncode, tail, exited = _run(cmd, child_env, job_dir, job_timeout_s)
@@ -197,6 +212,8 @@ def _run(cmd, env, job_dir, timeout_s):
                 raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
                                           f"stopped all ranks")
             watch.wait(_POLL_S)
+            if _died_silently(job_dir, watch.exited):  # killed: the others go now, and
+                _kill_ranks(job_dir)                     # mpiexec reports how the first ended
         watch.wait(0)
     except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
         _stop(proc, job_dir)
@@ -224,13 +241,17 @@ class _ExitWatch:
             if rank not in self.pids:
                 self.pids[rank] = pid
                 self._open(rank, pid)
-        if self.fds:
-            self.poller.poll(timeout_s * 1000)
+                # the rank waits for this before it runs the job, so none ends unwatched
+                open(os.path.join(self.job_dir, f"rank{rank}.watched"), "w").close()
+        ready = set()
+        if self.fds:  # the pidfds that woke us: the ranks that ended first
+            ready = {self.fds[fd] for fd, _ in self.poller.poll(timeout_s * 1000)}
         elif timeout_s > 0:
             time.sleep(timeout_s)
         seen = set().union(*self.exited)
-        ended = {rank for rank, pid in self.pids.items() if rank not in seen and
-                 not _running(pid)}
+        watched = set(self.fds.values())
+        ended = ready | {rank for rank, pid in self.pids.items() if rank not in seen and
+                         rank not in watched and not _running(pid)}
         if ended:
             self.exited.append(ended)
             for fd in [fd for fd, rank in self.fds.items() if rank in ended]:
@@ -274,6 +295,12 @@ def _pump(stream, sink, tail):
     stream.close()
 
 
+def _died_silently(job_dir, exited) -> bool:
+    """Has a rank's process ended without writing its result (killed by a signal)?"""
+    return any(not os.path.exists(os.path.join(job_dir, f"rank{rank}.pkl"))
+               for ended in exited for rank in ended)
+
+
 def _stop(proc, job_dir):
     """SIGINT to mpiexec (hydra passes it to the ranks), then SIGKILL, then kill stragglers."""
     for sig, wait_s in ((signal.SIGINT, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
@@ -286,6 +313,11 @@ def _stop(proc, job_dir):
                 proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 pass
+    _kill_ranks(job_dir)
+
+
+def _kill_ranks(job_dir) -> None:
+    """SIGKILL every rank of this job still alive, by its process id."""
     for pid in _rank_pids(job_dir).values():
         if _is_our_worker(pid, job_dir):
             try:

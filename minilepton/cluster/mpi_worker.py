@@ -6,7 +6,8 @@ module. Each one
 1. joins MPI, sets RANK, WORLD_SIZE and LOCAL_RANK, and writes ``DIR/rank{r}.pid`` (so the
    launcher can name a rank that dies by its process id, and kill any straggler) and
    ``DIR/rank{r}.shm``, the MPI library's shared-memory segments (a job that ends in
-   ``MPI_Abort`` or a signal leaves them in ``/dev/shm``; the launcher unlinks them);
+   ``MPI_Abort`` or a signal leaves them in ``/dev/shm``; the launcher unlinks them), and
+   waits until the launcher has written ``DIR/rank{r}.watched`` (it watches the process now);
 2. rebuilds the launcher's import state (``sys.path``, working directory, ``__main__``) the way
    ``multiprocessing``'s spawn start method does, then unpickles ``(fn, args)`` from PAYLOAD;
 3. runs ``fn(comm, *args)`` with an ``MPICommunicator`` over COMM_WORLD and writes
@@ -155,6 +156,7 @@ def run(payload_path: str, result_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(_local_rank(world)))
     write_atomic(os.path.join(result_dir, f"rank{rank}.pid"), str(os.getpid()).encode())
     write_atomic(os.path.join(result_dir, f"rank{rank}.shm"), "\n".join(mpi_segments()).encode())
+    _wait_until_watched(result_dir, rank)
     result_path = os.path.join(result_dir, f"rank{rank}.pkl")
     try:
         with open(payload_path, "rb") as f:
@@ -174,6 +176,15 @@ def run(payload_path: str, result_dir: str) -> None:
         sys.stderr.write(f"[rank {rank}] {summary}\n")
         sys.stderr.flush()
         world.Abort(1)
+
+
+def _wait_until_watched(result_dir: str, rank: int, timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until the launcher watches this process, so that if the job kills it at
+    once the launcher still sees which rank ended first."""
+    marker = os.path.join(result_dir, f"rank{rank}.watched")
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _prepare(prep: dict) -> None:
