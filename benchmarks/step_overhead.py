@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 
-# Before NumPy loads: BLAS reads these once, at import (the names of minilepton.backend's
-# blas_threads_env, written out because importing minilepton would import NumPy first).
+# Before NumPy loads: BLAS reads these once, at import (the names of minilepton's
+# THREAD_VARS (cluster/blas.py), written out because importing minilepton would import NumPy first).
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_name] = "1"

@@ -246,14 +246,6 @@ def start_method_for(device: str) -> str:
     return "spawn" if device == "gpu" else "fork"
 
 
-def blas_threads_env(threads: int) -> dict[str, str]:
-    """Environment variables that cap every common BLAS at ``threads`` threads."""
-    n = str(max(1, int(threads)))
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-    return {name: n for name in names}
-
-
 def cpu_count() -> int:
     """Cores this process may run on (respects CPU affinity and containers)."""
     try:

@@ -33,7 +33,7 @@ class StepStats:
     correct: int
     count: int
 
-    def __add__(self, other: "StepStats") -> "StepStats":
+    def __add__(self, other: StepStats) -> StepStats:
         return StepStats(self.loss_sum + other.loss_sum, self.correct + other.correct,
                          self.count + other.count)
 
@@ -106,7 +106,7 @@ class SingleProcess(Strategy):
 
 def _stats(loss_sum: float, logits, y) -> StepStats:
     correct = int((logits.argmax(axis=1) == y).sum())
-    return StepStats(float(loss_sum), correct, int(len(y)))
+    return StepStats(float(loss_sum), correct, len(y))
 
 
 def evaluate_model(model, x, y, batch_size: int = 1024) -> StepStats:

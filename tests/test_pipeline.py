@@ -8,8 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilepton as ml
-from minilepton.parallel.pipeline import (blocks, measure_block_seconds, partition,
-                                          partition_sizes, split_stages)
+from minilepton.parallel.pipeline import (
+    blocks,
+    measure_block_seconds,
+    partition,
+    partition_sizes,
+    split_stages,
+)
 from minilepton.parallel.schedules import in_flight, schedule
 
 TOL = {"float64": 1e-10, "float32": 1e-5}

@@ -26,8 +26,9 @@ def small(**kw):
 def test_workers_alone_means_data_parallel_and_bad_layouts_fail_early():
     assert runner.normalise(TrainConfig(workers=4)).dp == 4
     assert runner.normalise(TrainConfig(workers=4, dp=2, tp=2)).dp == 2
-    with pytest.raises(ValueError, match="CPU"):
-        runner.check(runner.normalise(TrainConfig(workers=2, device="gpu")), [784, 16, 10])
+    with pytest.raises(ValueError, match="CPU"):  # data parallel on GPUs: uncompressed only
+        runner.check(runner.normalise(TrainConfig(workers=2, device="gpu", compress="fp16")),
+                     [784, 16, 10])
     with pytest.raises(ValueError, match="sync-every"):
         runner.run(TrainConfig(workers=2, sync_every=2, compress="fp16"))
     with pytest.raises(ValueError, match="--workers 3"):

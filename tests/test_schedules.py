@@ -4,9 +4,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilepton.parallel.schedules import (BACKWARD, FORWARD, bubble_fraction, diagram, gpipe,
-                                            in_flight, one_f_one_b, plan_bubble, replay,
-                                            schedule)
+from minilepton.parallel.schedules import (
+    BACKWARD,
+    FORWARD,
+    bubble_fraction,
+    diagram,
+    gpipe,
+    in_flight,
+    one_f_one_b,
+    plan_bubble,
+    replay,
+    schedule,
+)
 
 sizes = st.tuples(st.integers(1, 12), st.integers(1, 6))  # (micro_batches, stages)
 names = st.sampled_from(["gpipe", "1f1b"])

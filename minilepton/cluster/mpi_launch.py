@@ -55,12 +55,13 @@ def find_mpiexec() -> str | None:
     return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _is_hydra(mpiexec: str) -> bool:
     """MPICH's launcher (hydra): it can leave the other ranks alive when one dies, so that this
     launcher, watching them, names the rank that died first and then stops the rest itself."""
     try:
-        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30,
+                             check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return "hydra" in (out.stdout + out.stderr).lower()

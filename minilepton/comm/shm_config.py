@@ -8,9 +8,9 @@ outnumber cores, so fewer, larger steps win there).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from ..backend import cpu_count
 from .arena import _round_up
 from .shm_channels import Channels
 from .shm_sync import spin_default, timeout_default
@@ -41,7 +41,7 @@ class ShmConfig:
 
     def resolve(self, world_size: int, cores: int | None = None) -> ShmConfig:
         """Fill the fields left to None for a job of ``world_size`` workers (in place)."""
-        cores = cores or _cores()
+        cores = cores or cpu_count()
         dedicated = world_size <= cores
         if self.spin_s is None:
             self.spin_s = spin_default(world_size, cores)
@@ -59,8 +59,3 @@ class ShmConfig:
                                                     self.channel_chunk_bytes)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

@@ -83,19 +83,26 @@ def load_default():
     return train, test
 
 
+def dataset_dir(name: str, data_dir=None, download: bool = True) -> Path | None:
+    """The folder of ``name``'s IDX files, found (or downloaded) now; None for the embedded
+    ``default``. A parallel launcher calls it once, so that its workers neither search nor
+    download, and a missing data set stops the job before any worker starts."""
+    if name == "default":
+        if data_dir is not None:
+            raise DataError("--data-dir is for --dataset fashion-mnist or mnist; the default "
+                            "data set is embedded in the package")
+        return None
+    sources = {"fashion-mnist": FASHION_MNIST, "mnist": MNIST}
+    if name not in sources:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return locate(sources[name], data_dir, download)
+
+
 def load_dataset(name: str = "default", data_dir=None, download: bool = True):
     """The data set ``name`` (``default | fashion-mnist | mnist``), Keras-shaped.
 
     ``data_dir`` is the folder of the IDX files for ``fashion-mnist`` and ``mnist``; the
     embedded ``default`` takes none.
     """
-    if name == "default":
-        if data_dir is not None:
-            raise DataError("--data-dir is for --dataset fashion-mnist or mnist; the default "
-                            "data set is embedded in the package")
-        return load_default()
-    if name == "fashion-mnist":
-        return load_fashion_mnist(data_dir, download)
-    if name == "mnist":
-        return load_mnist(data_dir, download)
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    directory = dataset_dir(name, data_dir, download)
+    return load_default() if directory is None else load_idx_dir(directory)

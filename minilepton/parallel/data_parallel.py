@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
+from .. import backend
 from ..autograd import Tensor
 from ..autograd.losses import cross_entropy
 from ..strategy import StepStats, Strategy, _stats, evaluate_model
@@ -98,6 +99,11 @@ class DataParallel:
     hands each leaf its gradient as soon as the leaf's last consumer has run (a walk in Kahn's
     order does; one that visits all leaves last does not), and the time is won only if a core
     is free for the communication thread (measure: ``minilepton bench scaling --overlap both``).
+
+    Parameters on a GPU need ``comm`` staged through the host (``wrap_for_device(comm, "gpu")``
+    of ``minilepton.comm.device_staging``): its ``zeros`` gives GPU buckets, and each bucket's
+    all-reduce copies it to the arena and back (counted in ``comm.staging``). Overlap and
+    compression run on the CPU only.
     """
 
     def __init__(self, module, comm, bucket_bytes: int = 1 << 20, reduce: str = "mean",
@@ -109,6 +115,9 @@ class DataParallel:
         self.compressor = compress if hasattr(compress, "allreduce_sum") else make_compressor(compress)
         self.require_sync = True
         params = [p for p in module.parameters() if p.requires_grad]
+        self.device = backend.device_of(params[0].data) if params else "cpu"
+        if self.device != "cpu":
+            self._check_gpu(comm, overlap, self.compressor)
         layout = bucket_layout([p.data.nbytes for p in params], [p.data.dtype for p in params],
                                self.bucket_bytes)
         self.overlap = bool(overlap)
@@ -124,6 +133,17 @@ class DataParallel:
             self.broadcast_parameters()
         self.zero_grad()
 
+    @staticmethod
+    def _check_gpu(comm, overlap: bool, compressor) -> None:
+        from ..comm.device_staging import DeviceStagingComm  # noqa: PLC0415
+        if not isinstance(comm, DeviceStagingComm):
+            raise TypeError("parameters on the GPU need a communicator staged through the "
+                            "host: minilepton.comm.device_staging.wrap_for_device(comm, 'gpu')")
+        if overlap:
+            raise ValueError("overlap=True runs on the CPU; on a GPU use overlap=False")
+        if not isinstance(compressor, NoCompression):
+            raise ValueError(f"--compress {compressor.name} runs on the CPU; on a GPU use none")
+
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
@@ -134,10 +154,10 @@ class DataParallel:
         """Make every rank's parameters equal to ``root``'s (through the bucket buffers)."""
         for b in self.buckets:
             for p, view in zip(b.params, b.views):
-                np.copyto(view, p.data)
+                view[...] = p.data
             self.comm.broadcast(b.buffer, root)
             for p, view in zip(b.params, b.views):
-                np.copyto(p.data, view)
+                p.data[...] = view
 
     def zero_grad(self) -> None:
         """Zero the buckets and point every ``.grad`` at its view (so backward fills them)."""
@@ -180,7 +200,7 @@ class DataParallel:
                 if p.grad is None:
                     view.fill(0)
                 else:
-                    np.copyto(view, p.grad)
+                    view[...] = p.grad
                 p.grad = view
 
     def sync_gradients(self) -> None:
@@ -224,11 +244,12 @@ class DataParallel:
         """
         t0, bytes0 = time.perf_counter(), self.comm.stats.bytes_sent
         for b in self.buckets:
+            xp = backend.xp_of(b.buffer)
             for p, view in zip(b.params, b.views):
-                np.multiply(p.data, weight, out=view)
+                xp.multiply(p.data, weight, out=view)
             self.comm.allreduce(b.buffer, op="sum")
             for p, view in zip(b.params, b.views):
-                np.copyto(p.data, view)
+                p.data[...] = view
         self.sync_seconds += time.perf_counter() - t0
         self.sync_bytes += self.comm.stats.bytes_sent - bytes0
 

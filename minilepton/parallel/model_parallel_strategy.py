@@ -190,8 +190,8 @@ _NULL = _Null()
 
 def build_strategy(comm, cfg, sizes) -> ModelParallelStrategy:
     """The model-parallel strategy for ``cfg`` (dp, tp, pp, micro_batches, schedule, trace)."""
-    from ..train import build_model, build_optimizer  # noqa: PLC0415 - train imports parallel
     from ..trace import Tracer  # noqa: PLC0415
+    from ..train import build_model, build_optimizer  # noqa: PLC0415 - train imports parallel
     check_layout(cfg, sizes)
     model = build_model(cfg, n_features=sizes[0], n_classes=sizes[-1])
     tracer = Tracer(comm.rank) if cfg.trace else None

@@ -38,8 +38,15 @@ def check(cfg: TrainConfig, sizes) -> None:
     if cfg.sync_every > 1 and cfg.compress != "none":
         raise ValueError("--compress applies to the gradient all-reduce; it cannot be combined "
                          "with --sync-every > 1 (local SGD averages parameters instead)")
-    if cfg.tp * cfg.pp == 1 and cfg.device == "gpu":
-        raise ValueError("data parallelism over shared memory runs on the CPU; use --device cpu")
+    if cfg.device == "gpu" and cfg.compress != "none":
+        raise ValueError("--compress runs on the CPU; on a GPU use --compress none")
+
+
+def requested_device(cfg: TrainConfig) -> str:
+    """``cfg.device``, except that ``auto`` means the CPU for what runs only there."""
+    if cfg.device == "auto" and (cfg.tp * cfg.pp != 1 or cfg.compress != "none"):
+        return "cpu"
+    return cfg.device
 
 
 def format_bytes(n: float) -> str:
@@ -63,6 +70,8 @@ def build_strategy(comm, cfg: TrainConfig, sizes):
     if cfg.tp == 1 and cfg.pp == 1:
         from .data_parallel import DataParallelStrategy  # noqa: PLC0415
         model = build_model(cfg, n_features=sizes[0], n_classes=sizes[-1])
+        if cfg.device == "gpu":
+            model.to("gpu")
         optimizer = build_optimizer(cfg, model.parameters())
         tracer = None
         if cfg.trace:
@@ -78,21 +87,33 @@ def build_strategy(comm, cfg: TrainConfig, sizes):
 
 def worker(comm, cfg: TrainConfig, arrays=None):
     """One rank's whole run; rank 0 returns the metrics dict, the others None."""
+    from .. import backend  # noqa: PLC0415
     from ..train import N_CLASSES, fit, load_arrays  # noqa: PLC0415
     x_train, y_train, x_test, y_test = arrays if arrays is not None else load_arrays(cfg)
+    cfg = dataclasses.replace(cfg, device=backend.resolve_device(requested_device(cfg)))
+    if cfg.device == "gpu":  # the GPU of this worker's local rank; collectives staged via host
+        from ..comm.device_staging import wrap_for_device  # noqa: PLC0415
+        backend.set_gpu_for_local_rank(int(os.environ.get("LOCAL_RANK", comm.rank)))
+        comm = wrap_for_device(comm, "gpu")
+        x_train, y_train, x_test, y_test = (backend.to_device(a, "gpu")
+                                            for a in (x_train, y_train, x_test, y_test))
     sizes = [x_train.shape[1], *cfg.hidden, N_CLASSES]
     strategy = build_strategy(comm, cfg, sizes)
     n_steps = cfg.epochs * math.ceil(len(y_train) / cfg.batch_size)
 
     def log(line: str) -> None:
         if strategy.is_main and cfg.verbose:
-            report = _comm_report(strategy, comm, n_steps, 1.0)
-            print(f"{line} - {format_bytes(report['bytes_per_step'])}/step sent", flush=True)
+            if line.startswith("Epoch "):  # the epoch lines carry the traffic so far
+                report = _comm_report(strategy, comm, n_steps, 1.0)
+                line = f"{line} - {format_bytes(report['bytes_per_step'])}/step sent"
+            print(line, flush=True)
 
     metrics = fit(strategy, x_train, y_train, x_test, y_test, cfg, log=log)
     train_seconds = sum(row["seconds"] for row in metrics["epochs"])
     metrics.update(_comm_report(strategy, comm, n_steps, train_seconds))
     metrics["backend"] = comm.backend_name
+    if cfg.device == "gpu":  # device -> host -> device copies of the collectives
+        metrics["staging"] = comm.staging.as_dict()
     if not strategy.is_main:
         return None
     if cfg.metrics_json:  # fit wrote it before the communication figures were known
@@ -123,8 +144,17 @@ def run(cfg: TrainConfig, arrays=None, timeout_s: float | None = None) -> dict:
     if mpi_launch.in_mpi_job():  # `mpiexec -n P minilepton train ...`: this process is a rank
         metrics = mpi_launch.run_direct(_direct_worker, (cfg, arrays))
         return metrics if metrics is not None else {}
+    from .. import backend  # noqa: PLC0415
     from ..cluster import launch  # noqa: PLC0415
+    from ..data import dataset_dir  # noqa: PLC0415
+    if arrays is None:  # found (or downloaded) once, here: a missing data set stops us now
+        directory = dataset_dir(cfg.dataset, cfg.data_dir)
+        cfg = dataclasses.replace(cfg, data_dir=None if directory is None else str(directory))
+    device = backend.resolve_device_in_launcher(requested_device(cfg))  # no CUDA here
+    cfg = dataclasses.replace(cfg, device=device)
     kwargs = {"log_dir": cfg.log_dir} if cfg.log_dir else {}
+    if device == "gpu":
+        kwargs["start_method"] = backend.start_method_for(device)
     if cfg.link != "none":  # the launcher's simulated interconnect
         kwargs["link"] = cfg.link
     if cfg.node_speeds:  # the strategy slows its own compute (so balancing can measure it)

@@ -20,8 +20,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import Linear, Module, Parameter, Sequential
-from .mappings import (_allgather_last, copy_to_group, gather_from_group, reduce_from_group,
-                       scatter_to_group, shard_range)
+from .mappings import (
+    _allgather_last,
+    copy_to_group,
+    gather_from_group,
+    reduce_from_group,
+    scatter_to_group,
+    shard_range,
+)
 
 
 class ColumnParallelLinear(Module):
