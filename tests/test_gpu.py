@@ -6,7 +6,7 @@ have one (``benchmarks/gpu_check.sh`` sets ``MINILEPTON_REQUIRE_GPU=1``) they fa
 - every op's forward and gradient on CuPy equal NumPy's in float64 (rtol 1e-10);
 - a training run on the GPU ends with the CPU's parameters within float32 tolerance;
 - data-parallel workers sharing one GPU (collectives staged through host shared memory) end
-  with the parameters of one process.
+  with the parameters of one process, by hand and through ``minilepton train --workers 2``.
 """
 
 from __future__ import annotations
@@ -167,3 +167,24 @@ def test_data_parallel_workers_on_one_gpu_equal_one_process(cp):
         n_params = len(single)
         assert staging["d2h_copies"] == staging["h2d_copies"] == 4 * n_params
         assert staging["d2h_bytes"] == 4 * sum(v.nbytes for v in single.values())
+
+
+@pytest.mark.timeout(300)
+def test_train_with_data_parallel_workers_on_the_gpu_matches_the_cpu(cp, tmp_path):
+    """``minilepton train --workers 2 --device gpu``: spawned workers, staged buckets."""
+    from minilepton.config import TrainConfig
+    from minilepton.parallel import runner
+    x, y, xt, yt = _data(512)
+    arrays = (x.astype(np.float64), y, xt.astype(np.float64), yt)
+    params = {}
+    for device in ("cpu", "gpu"):
+        cfg = TrainConfig(device=device, hidden=(32,), epochs=2, batch_size=64, optimizer="adam",
+                          lr=1e-2, seed=5, dtype="float64", workers=2, verbose=False,
+                          save=str(tmp_path / f"{device}.npz"))
+        metrics = runner.run(cfg, arrays)
+        with np.load(cfg.save) as saved:
+            params[device] = {k: saved[k] for k in saved.files}
+    assert metrics["staging"]["d2h_copies"] > 0 and metrics["staging"]["h2d_copies"] > 0
+    for name, value in params["cpu"].items():
+        np.testing.assert_allclose(params["gpu"][name], value, rtol=1e-8, atol=1e-10,
+                                   err_msg=name)
