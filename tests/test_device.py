@@ -212,6 +212,15 @@ def test_mixing_cpu_and_gpu_tensors_is_a_clear_error(fake_cupy, op):
     for a, b in ((cpu, gpu), (gpu, cpu)):
         with pytest.raises(backend.DeviceError, match="mixes a (CPU|GPU) tensor with a (GPU|CPU) tensor"):
             eval(f"a {op} b")
+    with pytest.raises(backend.DeviceError, match="mixes a GPU tensor with a CPU tensor"):
+        eval(f"gpu {op} np.ones((2, 2))")  # a bare NumPy array is a CPU operand too
+
+
+def test_fancy_indexing_gradient_on_the_gpu_adds_repeated_rows(fake_cupy):
+    x = ml.Tensor(backend.to_device(np.arange(6.0).reshape(3, 2), "gpu"), requires_grad=True)
+    x[np.array([0, 2, 0])].sum().backward()
+    assert isinstance(x.grad, FakeGpuArray)
+    assert np.array_equal(backend.to_numpy(x.grad), [[2.0, 2.0], [0.0, 0.0], [1.0, 1.0]])
 
 
 def test_scatter_add_counts_repeated_indices(fake_cupy):

@@ -41,7 +41,7 @@ def _other(a: Tensor, b):
     if isinstance(b, numbers.Number) or (isinstance(b, np.ndarray) and b.ndim == 0):
         # np.float64 subclasses float, so test the exact type: NumPy scalars become floats
         return b if type(b) in (int, float) else float(b)
-    return Tensor(b, dtype=a.dtype)
+    return _other(a, Tensor(b, dtype=a.dtype))  # an array: on a's device, or a DeviceError
 
 
 def add(a: Tensor, b) -> Tensor:

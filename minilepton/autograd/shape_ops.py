@@ -84,7 +84,7 @@ def getitem(a: Tensor, index) -> Tensor:
         if _is_basic(index):
             full[index] = g
         else:
-            xp.add.at(full, index, g)
+            backend.scatter_add(full, index, g)
         return (full,)
     return Tensor._make(A[index], (a,), backward)
 
