@@ -61,6 +61,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=0.0, help="SGD L2 weight decay")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--blas-threads", type=int, metavar="N",
+                   help="BLAS threads per process (default: the cores shared among the workers)")
     g = p.add_argument_group("outputs")
     g.add_argument("--metrics-json", metavar="PATH", help="write the metrics dict as JSON")
     g.add_argument("--save", metavar="PATH", help="write the final parameters as .npz")

@@ -96,6 +96,7 @@ class TrainConfig:
     node_speeds: tuple[float, ...] | None = None
     balance: str = "none"
     link: str = "none"
+    blas_threads: int | None = None
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden) if not isinstance(self.hidden, int) else (self.hidden,)
@@ -122,8 +123,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{_flag(name)} must be a positive integer, not {value!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers <= 0):
-            raise ValueError(f"--workers must be a positive integer, not {self.workers!r}")
+        for name in ("workers", "blas_threads"):  # optional
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise ValueError(f"{_flag(name)} must be a positive integer, not {value!r}")
         for size in self.hidden:
             if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
                 raise ValueError(f"--hidden sizes must be positive integers, not {size!r}")

@@ -237,6 +237,9 @@ def train(cfg: TrainConfig, arrays=None, log=None) -> dict:
     ``arrays`` (x_train, y_train, x_test, y_test) skips loading the dataset named by ``cfg``.
     """
     device = backend.resolve_device(cfg.device)
+    if cfg.blas_threads is not None:  # this whole process, from now on
+        from .cluster.blas import limit_threads
+        limit_threads(cfg.blas_threads)
     x_train, y_train, x_test, y_test = arrays if arrays is not None else load_arrays(cfg)
     model = build_model(cfg, n_features=x_train.shape[1], n_classes=N_CLASSES)
     if device == "gpu":

@@ -65,6 +65,7 @@ def _one_error_line(stderr: str, needle: str) -> None:
     (["--compress", "topk:0"], "--compress"),
     (["--resume"], "--checkpoint-dir"),
     (["--dataset", "default", "--data-dir", "."], "--data-dir"),
+    (["--blas-threads", "0"], "--blas-threads"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(capsys, args, needle):
     assert cli.main(["train", *args]) == 2
@@ -78,6 +79,7 @@ def test_bad_settings_give_one_line_and_exit_2(capsys, args, needle):
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--device", "gpu"], "gpu"),
     (["--dataset", "mnist", "--data-dir", "MISSING"], "MISSING"),
+    (["--dataset", "mnist", "--data-dir", "MISSING", "--workers", "2"], "MISSING"),
     (["--dataset", "fashion-mnist", "--data-dir", "CORRUPT"], "corrupt"),
     (["--optimizer", "sgd", "--lr", "1e30"], "loss became nan"),
 ])
@@ -159,3 +161,17 @@ def test_bench_discovers_modules_in_the_package(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "does not define add_arguments and run" in err[0]
     assert "unknown benchmark 'nope'" in err[1] and "minilepton bench fake_echo" in err[2]
+
+
+@pytest.mark.timeout(120)
+def test_blas_threads_caps_the_single_process():
+    code = ("from minilepton import cli; from minilepton.cluster import blas; "
+            "assert cli.main(['train', '--epochs', '1', '--hidden', '8', '--quiet', "
+            "'--blas-threads', '1']) == 0; print(blas.current_threads())")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=100, check=False)
+    assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "None":
+        pytest.skip("this NumPy's BLAS cannot be asked how many threads it runs")
+    assert out.stdout.strip() == "1"

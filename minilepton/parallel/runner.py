@@ -153,6 +153,8 @@ def run(cfg: TrainConfig, arrays=None, timeout_s: float | None = None) -> dict:
     device = backend.resolve_device_in_launcher(requested_device(cfg))  # no CUDA here
     cfg = dataclasses.replace(cfg, device=device)
     kwargs = {"log_dir": cfg.log_dir} if cfg.log_dir else {}
+    if cfg.blas_threads is not None:
+        kwargs["blas_threads"] = cfg.blas_threads
     if device == "gpu":
         kwargs["start_method"] = backend.start_method_for(device)
     if cfg.link != "none":  # the launcher's simulated interconnect
