@@ -39,7 +39,11 @@ class StepStats:
 
 
 class Strategy:
-    """Protocol (and single-process defaults) for a training step. Subclasses override."""
+    """Protocol (and single-process defaults) for a training step. Subclasses override.
+
+    The state defaults act on ``self.model`` and ``self.optimizer`` (this rank's whole model,
+    or its shard): every strategy keeps the two under those names.
+    """
 
     is_main = True  # this rank prints, writes metrics, saves files
     rank = 0
@@ -65,14 +69,15 @@ class Strategy:
 
     def state_dict(self) -> dict:
         """Everything needed to resume: model parameters and optimizer state."""
-        raise NotImplementedError
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def full_parameters(self) -> dict:
         """The whole model's parameters as NumPy arrays by name (gathered on the main rank)."""
-        raise NotImplementedError
+        return {name: p.numpy().copy() for name, p in self.model.named_parameters()}
 
 
 class SingleProcess(Strategy):
@@ -92,16 +97,6 @@ class SingleProcess(Strategy):
 
     def evaluate(self, x, y, batch_size: int = 1024) -> StepStats:
         return evaluate_model(self.model, x, y, batch_size)
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def full_parameters(self) -> dict:
-        return {name: p.numpy().copy() for name, p in self.model.named_parameters()}
 
 
 def _stats(loss_sum: float, logits, y) -> StepStats:

@@ -385,16 +385,6 @@ class DataParallelStrategy(Strategy):
                 write_chrome_trace(events, self.trace_path)
         return totals
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def full_parameters(self) -> dict:
-        return {name: p.numpy().copy() for name, p in self.model.named_parameters()}
-
     def comm_report(self) -> dict:
         """Bytes this rank sent per step and the share of step time spent synchronising."""
         steps = max(self.steps, 1)

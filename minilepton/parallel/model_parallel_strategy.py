@@ -14,6 +14,7 @@ shard. Checkpoints are per rank (``replicated_state = False``).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -150,13 +151,6 @@ class ModelParallelStrategy(Strategy):
                 "comm_seconds_fraction": self.step_comm_seconds / max(self.step_seconds, 1e-12)}
 
     # ---- state
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
     def full_parameters(self) -> dict:
         """The serial model's parameters by name on every rank (a collective)."""
         mine = (full_state_dict(self.model) if self.mesh.tp > 1
@@ -177,15 +171,7 @@ def _features(stage, which: str) -> int:
     return getattr(layers[0] if which == "in_features" else layers[-1], which)
 
 
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()
+_NULL = nullcontext()  # a span when nothing is traced (reusable)
 
 
 def build_strategy(comm, cfg, sizes) -> ModelParallelStrategy:
