@@ -24,7 +24,7 @@ run_all() {
     fi
     python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" || echo "torch: not installed (the PyTorch column is skipped)"
     echo "== tests (-m gpu, then the device tests)"
-    python -m pytest tests/test_gpu.py tests/test_device.py -q -rs --tb=short -p no:cacheprovider || status=1
+    python -m pytest tests/test_gpu.py tests/test_device.py tests/test_device_runner.py -q -rs --tb=short -p no:cacheprovider || status=1
     echo "== benchmark"
     python benchmarks/gpu_step.py || status=1
     echo "== gpu_check exit status: $status"
