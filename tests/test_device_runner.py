@@ -13,12 +13,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_device import FakeGpuArray, Loopback, _make_fake_cupy, fake_cupy  # noqa: F401
 
 import minilepton as ml
 from minilepton import backend
 from minilepton.config import TrainConfig
 from minilepton.parallel import runner
-from test_device import FakeGpuArray, Loopback, _make_fake_cupy, fake_cupy  # noqa: F401
 
 
 def _arrays(n_train=96, n_test=40, features=12, classes=10, seed=3):
@@ -81,7 +81,7 @@ def test_gpu_workers_without_a_gpu_fail_with_one_line(monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def test_data_parallel_on_gpu_parameters_needs_a_staged_communicator(fake_cupy):
+def test_data_parallel_on_gpu_parameters_needs_a_staged_communicator(fake_cupy):  # noqa: F811
     model = ml.nn.mlp([4, 3], seed=0, dtype="float64").to("gpu")
     with pytest.raises(TypeError, match="wrap_for_device"):
         ml.parallel.DataParallel(model, Loopback())
