@@ -103,6 +103,8 @@ def test_results_in_rank_order_with_rank_env_and_blas_share(start_method):
         assert got[6] in (None, int(share))
         assert got[7] == "yes"
     assert launch(env_job, 2, blas_threads=2)[0][5] == "2"
+    with pytest.raises(TypeError, match="job_timeout_s apply to backend='mpi' only"):
+        launch(env_job, 2, job_timeout_s=5)
     assert not _segments()
 
 

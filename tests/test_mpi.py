@@ -32,14 +32,10 @@ pytestmark = [pytest.mark.mpi,
 OPS = {"sum": np.add, "mean": np.add, "max": np.maximum}
 
 
-def _launch(*args, job_timeout_s=None, **kwargs):
-    if job_timeout_s is not None:  # an option of the MPI launcher alone
-        from minilepton.cluster.mpi_launch import launch_mpi  # noqa: PLC0415
-
-        return launch_mpi(*args, job_timeout_s=job_timeout_s, **kwargs)
+def _launch(*args, **kwargs):
     from minilepton.cluster import launch  # noqa: PLC0415
 
-    return launch(*args, backend="mpi", **kwargs)
+    return launch(*args, backend="mpi", **kwargs)  # job_timeout_s= goes on to launch_mpi
 
 
 def _worker_error():

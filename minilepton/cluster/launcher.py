@@ -48,7 +48,8 @@ class WorkerError(RuntimeError):
 
 def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_method=None,
            blas_threads=None, link=None, node_speeds=None, log_dir=None, env=None,
-           arena_bytes=None, config: ShmConfig | None = None, pin_cores: bool | None = None):
+           arena_bytes=None, config: ShmConfig | None = None, pin_cores: bool | None = None,
+           **mpi_options):
     """Run ``fn(comm, *args)`` in ``world_size`` worker processes; their results in rank order.
 
     ``timeout_s``: how long a collective waits for a stalled peer (default 60 s, or
@@ -60,13 +61,17 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     for the workers. ``arena_bytes``: the shared-memory arena's (virtual) size. ``pin_cores``:
     give each worker its own cores (default: when there are at least as many cores as workers,
     so that a worker polling for its peer never sits on the core that peer needs).
+    ``mpi_options``: options of the MPI launcher alone (``algorithm=``, ``job_timeout_s=``; see
+    ``mpi_launch.launch_mpi``).
     """
     if backend == "mpi":
         from .mpi_launch import launch_mpi
 
         return launch_mpi(fn, world_size, args, timeout_s=timeout_s, start_method=start_method,
                           blas_threads=blas_threads, link=link, node_speeds=node_speeds,
-                          log_dir=log_dir, env=env)
+                          log_dir=log_dir, env=env, **mpi_options)
+    if mpi_options:
+        raise TypeError(f"launch: {', '.join(sorted(mpi_options))} apply to backend='mpi' only")
     if backend != "shm":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
