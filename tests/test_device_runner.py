@@ -35,11 +35,13 @@ def _on_stand_in_gpu(comm, cfg, arrays):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, sync_every", [("sgd", 1), ("adam", 1), ("sgd", 2)],
+                         ids=["sgd", "adam", "local-sgd"])
+def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer, sync_every):
     arrays = _arrays()
     base = TrainConfig(hidden=(16,), epochs=2, batch_size=32, optimizer=optimizer, lr=0.05,
-                       dtype="float64", seed=4, workers=2, dp=2, verbose=False, bucket_bytes=512)
+                       dtype="float64", seed=4, workers=2, dp=2, verbose=False, bucket_bytes=512,
+                       sync_every=sync_every)
     cpu = dataclasses.replace(base, save=str(tmp_path / "cpu.npz"))
     gpu = dataclasses.replace(base, save=str(tmp_path / "gpu.npz"), device="gpu")
     cpu_metrics = runner.run(cpu, arrays)
@@ -51,6 +53,10 @@ def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer):
         for name in want.files:  # the same sums in the same order: the same bits
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     assert gpu_metrics["test_accuracy"] == cpu_metrics["test_accuracy"]
+    assert "staging" not in cpu_metrics
+    if sync_every > 1:  # parameters averaged every 2 steps and before each evaluation
+        assert gpu_metrics["staging"]["h2d_copies"] > 0
+        return
     staging = gpu_metrics["staging"]
     steps, n_params = 2 * (96 // 32), 12 * 16 + 16 + 16 * 10 + 10
     buckets = 4  # 512-byte buckets: each float64 weight alone, each bias alone
@@ -58,7 +64,6 @@ def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer):
     assert staging["h2d_copies"] == steps * buckets
     assert staging["d2h_copies"] == (steps + 1) * buckets
     assert staging["d2h_bytes"] == (steps + 1) * n_params * 8
-    assert "staging" not in cpu_metrics
 
 
 def test_gpu_layouts_that_run_only_on_the_cpu_fail_before_any_worker():
