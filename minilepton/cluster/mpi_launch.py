@@ -213,8 +213,8 @@ def _run(cmd, env, job_dir, timeout_s):
                 raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
                                           f"stopped all ranks")
             watch.wait(_POLL_S)
-            if _died_silently(job_dir, watch.exited):  # killed: the others go now, and
-                _kill_ranks(job_dir)                     # mpiexec reports how the first ended
+            if _died_silently(job_dir, watch.exited):  # the others go now (again each poll,
+                _kill_ranks(job_dir)  # for a rank still starting); mpiexec reports the first
         watch.wait(0)
     except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
         _stop(proc, job_dir)

@@ -7,17 +7,11 @@ rank shares. Every data problem raises a ``DataError`` (a ``ValueError``) with o
 The embedded default data set is a subset of Fashion-MNIST by Zalando Research (MIT licence).
 """
 
-from .datasets import (
-           DATASETS,
-           dataset_dir,
-           load_dataset,
-           load_default,
-           load_fashion_mnist,
-           load_mnist,
-)
+from .datasets import (DATASETS, dataset_dir, load_dataset, load_default, load_fashion_mnist,
+                       load_mnist)
 from .errors import DataError, IDXError
 from .idx import read_idx, write_idx
 from .loader import DataLoader, to_float
 
-__all__ = ["DATASETS", "DataError", "DataLoader", "IDXError", "dataset_dir", "load_dataset", "load_default",
-           "load_fashion_mnist", "load_mnist", "read_idx", "to_float", "write_idx"]
+__all__ = ["DATASETS", "DataError", "DataLoader", "IDXError", "dataset_dir", "load_dataset",
+           "load_default", "load_fashion_mnist", "load_mnist", "read_idx", "to_float", "write_idx"]

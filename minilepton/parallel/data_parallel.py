@@ -115,8 +115,7 @@ class DataParallel:
         self.compressor = compress if hasattr(compress, "allreduce_sum") else make_compressor(compress)
         self.require_sync = True
         params = [p for p in module.parameters() if p.requires_grad]
-        self.device = backend.device_of(params[0].data) if params else "cpu"
-        if self.device != "cpu":
+        if params and backend.device_of(params[0].data) != "cpu":
             self._check_gpu(comm, overlap, self.compressor)
         layout = bucket_layout([p.data.nbytes for p in params], [p.data.dtype for p in params],
                                self.bucket_bytes)
