@@ -91,6 +91,9 @@ def _plot(rows, path: str, title: str) -> None:
         label = "measured" if compress == "none" else f"measured, {compress}"
         xs = [r["workers"] for r in mine]
         line, = ax.plot(xs, [r["speedup"] for r in mine], "o-", label=f"{label} (median step)")
+        ax.fill_between(xs, [min(r["round_speedups"]) for r in mine],  # spread over rounds
+                        [max(r["round_speedups"]) for r in mine], color=line.get_color(),
+                        alpha=0.2, label="min-max over rounds")
         ax.plot(xs, [r["best_speedup"] for r in mine], "s:", color=line.get_color(),
                 label=f"{label} (fastest step)")
     ps = sorted({r["workers"] for r in rows})
