@@ -43,76 +43,103 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig.__dataclass_fields__
+    d = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="default", choices=DATASETS,
-                   help="default: the embedded Fashion-MNIST subset (offline)")
-    g.add_argument("--data-dir", help="folder of the IDX(.gz) files for fashion-mnist / mnist")
-    g.add_argument("--hidden", type=int, action="append", metavar="N",
-                   help="a hidden layer of N units (repeat for more layers; default: one of 128)")
-    g.add_argument("--dtype", default="float32", choices=DTYPES)
-    g.add_argument("--device", default="cpu", choices=DEVICES)
+    g.add_argument("--dataset", default=d["dataset"], choices=DATASETS,
+                   help="'default' is the embedded Fashion-MNIST subset (offline)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="folder of the four IDX(.gz) files of fashion-mnist or mnist "
+                   "(default: looked for in the usual places, then downloaded)")
+    g.add_argument("--hidden", type=int, action="extend", nargs="+", metavar="N",
+                   help="hidden layer sizes, '--hidden 256 128' or '--hidden 256 --hidden 128' "
+                   "(default: one layer of 128)")
+    g.add_argument("--dtype", default=d["dtype"], choices=DTYPES,
+                   help="floating-point type of parameters and activations")
+    g.add_argument("--device", default=d["device"], choices=DEVICES,
+                   help="where the arrays live (gpu needs CuPy; auto picks it when usable)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d["epochs"].default)
-    g.add_argument("--batch-size", type=int, default=d["batch_size"].default,
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the training set")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="global batch size (split across data-parallel workers)")
-    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate")
-    g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="SGD L2 weight decay")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS, help="optimizer")
+    g.add_argument("--lr", type=float, default=d["lr"], help="learning rate")
+    g.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help="SGD L2 weight decay")
+    g.add_argument("--seed", type=int, default=d["seed"],
+                   help="seed of the initial weights and of the batch order")
     g.add_argument("--blas-threads", type=int, metavar="N",
                    help="BLAS threads per process (default: the cores shared among the workers)")
     g = p.add_argument_group("outputs")
-    g.add_argument("--metrics-json", metavar="PATH", help="write the metrics dict as JSON")
-    g.add_argument("--save", metavar="PATH", help="write the final parameters as .npz")
-    g.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint after each epoch")
+    g.add_argument("--metrics-json", metavar="PATH",
+                   help="write the metrics dict as JSON (default: not written)")
+    g.add_argument("--save", metavar="PATH",
+                   help="write the final parameters as .npz (default: not written)")
+    g.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write a checkpoint after each epoch (default: no checkpoints)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir")
     g.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     g.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     g = p.add_argument_group("parallelism (world size = --workers, or dp × tp × pp)")
-    g.add_argument("--workers", type=int, help="worker processes (data parallel unless "
-                   "--dp/--tp/--pp say otherwise)")
-    g.add_argument("--dp", type=int, default=1, help="data-parallel degree")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    g.add_argument("--pp", type=int, default=1, help="pipeline-parallel stages")
-    g.add_argument("--micro-batches", type=int, default=d["micro_batches"].default,
+    g.add_argument("--workers", type=int, metavar="P",
+                   help="worker processes, data parallel unless --dp/--tp/--pp say otherwise "
+                   "(default: dp × tp × pp)")
+    g.add_argument("--dp", type=int, default=d["dp"], help="data-parallel degree")
+    g.add_argument("--tp", type=int, default=d["tp"], help="tensor-parallel degree")
+    g.add_argument("--pp", type=int, default=d["pp"], help="pipeline-parallel stages")
+    g.add_argument("--micro-batches", type=int, default=d["micro_batches"],
                    help="micro-batches per batch in a pipeline")
-    g.add_argument("--schedule", default="gpipe", choices=SCHEDULES, help="pipeline schedule")
-    g.add_argument("--backend", default="shm", choices=BACKENDS, help="communicator backend")
-    g.add_argument("--trace", metavar="PATH", help="write a Chrome-trace timeline of every rank")
-    g.add_argument("--log-dir", metavar="DIR", help="one log file per rank")
-    g.add_argument("--bucket-bytes", type=int, default=d["bucket_bytes"].default,
+    g.add_argument("--schedule", default=d["schedule"], choices=SCHEDULES,
+                   help="pipeline schedule")
+    g.add_argument("--backend", default=d["backend"], choices=BACKENDS,
+                   help="communicator backend")
+    g.add_argument("--trace", metavar="PATH",
+                   help="write a Chrome-trace timeline of every rank (default: none)")
+    g.add_argument("--log-dir", metavar="DIR", help="one log file per rank (default: none)")
+    g.add_argument("--bucket-bytes", type=int, default=d["bucket_bytes"],
                    help="gradient bucket size for the all-reduce, in bytes")
-    g.add_argument("--sync-every", type=int, default=1, metavar="K",
-                   help="average gradients every K steps (local SGD in between)")
-    g.add_argument("--compress", default="none", metavar="none|fp16|topk:FRACTION",
-                   help="gradient compression")
+    g.add_argument("--sync-every", type=int, default=d["sync_every"], metavar="K",
+                   help="K > 1: local SGD, each worker steps alone and the parameters are "
+                   "averaged every K steps; 1: gradients all-reduced every step")
+    g.add_argument("--compress", default=d["compress"], metavar="none|fp16|topk:FRACTION",
+                   help="gradient compression on the wire")
     g.add_argument("--node-speeds", metavar="1,1,0.5,1",
-                   help="simulated speed factor of each worker")
-    g.add_argument("--balance", default="none", choices=BALANCES, help="load balancing")
-    g.add_argument("--link", default="none", choices=LINKS, help="simulated interconnect")
+                   help="simulated speed factor of each worker (default: all equal)")
+    g.add_argument("--balance", default=d["balance"], choices=BALANCES,
+                   help="share each batch by declared (static) or measured (dynamic) speed")
+    g.add_argument("--link", default=d["link"], choices=LINKS,
+                   help="simulated interconnect between the workers (a named profile)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``minilepton`` parser with its ``train``, ``example`` and ``bench`` commands."""
+
+    class Help(argparse.ArgumentDefaultsHelpFormatter):
+        # Each flag's default after its help, unless the help says it already or it has none.
+        def _get_help_string(self, action):
+            if action.default is None or "(default:" in (action.help or ""):
+                return action.help
+            return super()._get_help_string(action)
+
     parser = _Parser(prog="minilepton", description="Distributed deep-learning training you "
-                     "can read end to end.")
+                     "can read end to end.", formatter_class=Help)
     parser.add_argument("--version", action="version", version=f"minilepton {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     train = sub.add_parser("train", help="train the MLP (the article's §5 model by default)",
                            description="Train an MLP on MNIST-format data, in one process or "
-                           "many. Defaults: MLP 784-128-10, Adam lr 1e-3, batch 32, 5 epochs.")
+                           "many. Defaults: MLP 784-128-10, Adam lr 1e-3, batch 32, 5 epochs.",
+                           formatter_class=Help)
     _add_train_arguments(train)
-    example = sub.add_parser("example", help="a worked example from the article, corrected")
+    example = sub.add_parser("example", help="a worked example from the article, corrected",
+                             formatter_class=Help)
     example.add_argument("name", choices=["logistic"], help="logistic: §4, one SGD step")
     example.add_argument("--json", action="store_true", help="machine-readable values")
     example.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     bench = sub.add_parser("bench", help="run a benchmark (minilepton bench NAME --help)",
                            description=_bench_description(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=Help)
     bench.add_argument("name", nargs="?", help="the benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="its options")
     return parser
