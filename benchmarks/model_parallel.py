@@ -29,6 +29,8 @@ import numpy as np
 import minilepton as ml
 from minilepton.cluster import launch
 from minilepton.parallel.memory import human_bytes
+from minilepton.parallel.mesh import Mesh
+from minilepton.parallel.strategy import ParallelStrategy
 from minilepton.parallel.schedules import bubble_fraction, replay
 
 QUICK = os.environ.get("MINILEPTON_QUICK") == "1"
@@ -36,13 +38,12 @@ QUICK = os.environ.get("MINILEPTON_QUICK") == "1"
 
 def _pipeline_worker(comm, width, stages, micro_batches, rows, schedule, steps, trace):
     """Train ``steps`` steps of a pipeline of ``stages`` equal Linear(width, width) layers."""
+    from minilepton.engine.trace import Tracer
     from minilepton.optim import SGD
-    from minilepton.parallel.model_parallel_strategy import ModelParallelStrategy
-    from minilepton.trace import Tracer
     model = ml.nn.Sequential(*[ml.nn.Linear(width, width, rng=i) for i in range(stages)])
     tracer = Tracer(comm.rank, max_steps=steps) if trace else None
-    strategy = ModelParallelStrategy(comm, model, lambda ps: SGD(ps, lr=1e-3), 1, 1, stages,
-                                     micro_batches, schedule, tracer)
+    strategy = ParallelStrategy(Mesh(comm, pp=stages), model, lambda ps: SGD(ps, lr=1e-3),
+                                micro_batches=micro_batches, schedule=schedule, tracer=tracer)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows, width)).astype(np.float32)
     y = rng.integers(0, 10, rows)
@@ -98,9 +99,8 @@ def pipeline(repeats: int, stages: int = 4, micro_batches: int = 16, width: int 
 
 def _tp_worker(comm, sizes, rows, steps):
     from minilepton.optim import Adam
-    from minilepton.parallel.model_parallel_strategy import ModelParallelStrategy
-    strategy = ModelParallelStrategy(comm, ml.nn.mlp(sizes, seed=0), lambda ps: Adam(ps), 1,
-                                     comm.world_size, 1)
+    strategy = ParallelStrategy(Mesh(comm, tp=comm.world_size), ml.nn.mlp(sizes, seed=0),
+                                lambda ps: Adam(ps))
     rng = np.random.default_rng(0)
     x = rng.random((rows, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], rows)
@@ -141,7 +141,7 @@ def figure(path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from minilepton.trace import COLORS, gantt
+    from minilepton.engine.trace import COLORS, gantt
     stages, micro_batches = 4, 8
     width, rows = (128, 128) if QUICK else (1024, 1024)
     theory = bubble_fraction(stages, micro_batches)

@@ -16,7 +16,10 @@ import argparse
 import sys
 
 from . import __version__
-from .config import (
+from .backend import DeviceError
+from .bench import main as run_bench
+from .bench import names as bench_names
+from .engine.config import (
     BACKENDS,
     BALANCES,
     DATASETS,
@@ -27,6 +30,8 @@ from .config import (
     SCHEDULES,
     TrainConfig,
 )
+from .engine.run import OtherRankError, train
+from .examples import logistic
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -146,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bench_description() -> str:
-    from .bench import names
-    listed = ", ".join(names()) or "none installed"
+    listed = ", ".join(bench_names()) or "none installed"
     return f"Run one benchmark. Available: {listed}."
 
 
@@ -160,15 +164,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    """One process here when the world size is 1, else the parallel runner; the metrics."""
-    if cfg.world_size == 1:
-        if cfg.trace:
-            raise ValueError("--trace records a parallel run's timeline; "
-                             "add --workers, --tp or --pp")
-        from .train import train
-        return train(cfg)
-    from .parallel.runner import run
-    return run(cfg)
+    """``ml.train(cfg)``: 1 process, P workers, or this rank of an mpiexec job; the metrics."""
+    return train(cfg)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -176,16 +173,13 @@ def _run(args: argparse.Namespace) -> int:
         run_train(config_from_args(args))
         return 0
     if args.command == "example":
-        from .examples import logistic
         return logistic.main(as_json=args.json)
-    from . import bench
     if args.name is None:
         raise UsageError(f"bench needs a NAME. {_bench_description()}")
-    return bench.main(args.name, args.args, parser_class=_Parser)
+    return run_bench(args.name, args.args, parser_class=_Parser)
 
 
 def _expected_errors() -> tuple:
-    from .backend import DeviceError
     return (ValueError, DeviceError, OSError)
 
 
@@ -207,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("minilepton: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OtherRankError:  # a rank of an mpiexec job whose rank 0 reports the error
+        return EXIT_USAGE
     except Exception as exc:  # every failure becomes one line unless --debug
         if debug:
             raise

@@ -12,13 +12,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilepton as ml
+from minilepton.cluster import simulate
 from minilepton.comm.base import Communicator
 from minilepton.data import DataLoader
-from minilepton.parallel.balance import DynamicBalancer, static_weights, step_time_s
+from minilepton.parallel.balance import DynamicBalancer, make_balancer, static_weights, step_time_s
 from minilepton.parallel.compression import TopKCompression, make_compressor
-from minilepton.parallel.data_parallel import DataParallel, DataParallelStrategy, bucket_layout
+from minilepton.parallel.data_parallel import DataParallel, bucket_layout
+from minilepton.parallel.local_sgd import LocalSGD
+from minilepton.parallel.mesh import Mesh
 from minilepton.parallel.sampler import DistributedSampler, shard_sizes
-from minilepton.strategy import SingleProcess, StepStats
+from minilepton.parallel.stats import StepStats
+from minilepton.parallel.strategy import ParallelStrategy, SingleProcess
+
+
+def dp_strategy(comm, model, optimizer, local_sgd=False, node_speeds=None, balance="none",
+                **options):
+    """Data parallelism over all of ``comm``'s ranks, as the engine's recipe composes it."""
+    if node_speeds is not None:  # what the launcher does for --node-speeds
+        simulate.set_node_speeds(node_speeds, comm.rank)
+    balancer = make_balancer(balance, comm.world_size, node_speeds)
+    strat = ParallelStrategy(Mesh(comm, dp=comm.world_size), model, lambda params: optimizer,
+                             balancer=balancer, slow_down=simulate.slow_down if node_speeds
+                             else None, **options)
+    if local_sgd and strat.dp is not None:  # local SGD even for k = 1 (equals plain DP)
+        strat.local_sgd = LocalSGD(strat.dp, options.get("sync_every", 1))
+    return strat
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -178,7 +196,7 @@ def dp_worker(comm, cases):
         x, y = make_data(case)
         batches = DataLoader(x, y, case.batch_size * case.accumulate, seed=case.seed)
         if case.accumulate == 1:
-            strat = DataParallelStrategy(comm, model, opt, bucket_bytes=case.bucket_bytes)
+            strat = dp_strategy(comm, model, opt, bucket_bytes=case.bucket_bytes)
             if case.weights:
                 strat.sampler.set_weights(case.weights[:comm.world_size])
             grads = None
@@ -272,7 +290,7 @@ def variants_worker(comm, x, y):
     for name, kw in configs.items():
         ml.backend.set_default_dtype("float64")
         model = ml.nn.mlp([x.shape[1], 8, 3], seed=1, dtype="float64")
-        strat = DataParallelStrategy(comm, model, ml.optim.SGD(model.parameters(), lr=0.2), **kw)
+        strat = dp_strategy(comm, model, ml.optim.SGD(model.parameters(), lr=0.2), **kw)
         shares = []
         for b in DataLoader(x, y, 12, seed=2).epoch_indices(0):
             local = strat.local_indices(b)
@@ -306,8 +324,7 @@ def test_local_sgd_k1_balancing_and_overlap_keep_the_global_mean_update():
 def train_worker(comm, x, y, xt, yt, variant):
     ml.backend.set_default_dtype("float32")
     model = ml.nn.mlp([784, 32, 10], seed=0)
-    strat = DataParallelStrategy(comm, model, ml.optim.Adam(model.parameters(), lr=2e-3),
-                                 **variant)
+    strat = dp_strategy(comm, model, ml.optim.Adam(model.parameters(), lr=2e-3), **variant)
     losses = []
     for epoch in range(2):
         for b in DataLoader(x, y, 64, seed=0).epoch_indices(epoch):

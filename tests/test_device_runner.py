@@ -17,8 +17,8 @@ from test_device import FakeGpuArray, Loopback, _make_fake_cupy, fake_cupy  # no
 
 import minilepton as ml
 from minilepton import backend
-from minilepton.config import TrainConfig
-from minilepton.parallel import runner
+from minilepton.engine import run as runner
+from minilepton.engine.config import TrainConfig
 
 
 def _arrays(n_train=96, n_test=40, features=12, classes=10, seed=3):
@@ -44,7 +44,7 @@ def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer, s
                        sync_every=sync_every)
     cpu = dataclasses.replace(base, save=str(tmp_path / "cpu.npz"))
     gpu = dataclasses.replace(base, save=str(tmp_path / "gpu.npz"), device="gpu")
-    cpu_metrics = runner.run(cpu, arrays)
+    cpu_metrics = runner.train(cpu, arrays)
     results = ml.cluster.launch(_on_stand_in_gpu, 2, args=(gpu, arrays), start_method="spawn")
     (gpu_metrics, initialised), (other, _) = results
     assert other is None and initialised  # only rank 0 reports; the GPU was in use
@@ -69,10 +69,10 @@ def test_data_parallel_workers_on_a_gpu_equal_the_cpu_run(tmp_path, optimizer, s
 def test_gpu_layouts_that_run_only_on_the_cpu_fail_before_any_worker():
     cfg = TrainConfig(device="gpu", tp=2, workers=2, hidden=(16,))
     with pytest.raises(ValueError, match="use --device cpu with --tp/--pp"):
-        runner.run(cfg, _arrays())
+        runner.train(cfg, _arrays())
     cfg = TrainConfig(device="gpu", workers=2, compress="fp16", hidden=(16,))
     with pytest.raises(ValueError, match="--compress runs on the CPU"):
-        runner.run(cfg, _arrays())
+        runner.train(cfg, _arrays())
     # auto keeps such layouts on the CPU without asking for a GPU
     assert runner.requested_device(dataclasses.replace(cfg, device="auto")) == "cpu"
 
@@ -82,7 +82,7 @@ def test_gpu_workers_without_a_gpu_fail_with_one_line(monkeypatch):
     monkeypatch.setattr(backend, "probe_gpu_count", lambda *a, **k: (0, "no CuPy here"))
     cfg = TrainConfig(device="gpu", workers=2, hidden=(16,))
     with pytest.raises(backend.DeviceError, match="no usable GPU") as info:
-        runner.run(cfg, _arrays())
+        runner.train(cfg, _arrays())
     assert "\n" not in str(info.value)
 
 
@@ -91,8 +91,9 @@ def test_data_parallel_on_gpu_parameters_needs_a_staged_communicator(fake_cupy):
     with pytest.raises(TypeError, match="wrap_for_device"):
         ml.parallel.DataParallel(model, Loopback())
     from minilepton.comm.device_staging import wrap_for_device
-    with pytest.raises(ValueError, match="overlap=True runs on the CPU"):
-        ml.parallel.DataParallel(model, wrap_for_device(Loopback(), "gpu"), overlap=True)
+    from minilepton.parallel.overlap import OverlappedDataParallel
+    with pytest.raises(ValueError, match="overlap runs on the CPU"):
+        OverlappedDataParallel(model, wrap_for_device(Loopback(), "gpu"), broadcast=False)
     dp = ml.parallel.DataParallel(model, wrap_for_device(Loopback(), "gpu"), broadcast=False)
     assert all(isinstance(b.buffer, FakeGpuArray) for b in dp.buckets)
     assert all(p.grad is v for b in dp.buckets for p, v in zip(b.params, b.views))

@@ -124,7 +124,7 @@ def _data(n=512, features=20, classes=4, seed=3):
 
 
 def test_training_on_gpu_equals_cpu_within_float32(cp, tmp_path):
-    from minilepton.train import TrainConfig, train
+    from minilepton.engine import TrainConfig, train
     params = {}
     for device in ("cpu", "gpu"):
         cfg = TrainConfig(device=device, hidden=(32,), epochs=2, batch_size=64, optimizer="sgd",
@@ -172,8 +172,8 @@ def test_data_parallel_workers_on_one_gpu_equal_one_process(cp):
 @pytest.mark.timeout(300)
 def test_train_with_data_parallel_workers_on_the_gpu_matches_the_cpu(cp, tmp_path):
     """``minilepton train --workers 2 --device gpu``: spawned workers, staged buckets."""
-    from minilepton.config import TrainConfig
-    from minilepton.parallel import runner
+    from minilepton.engine import run as runner
+    from minilepton.engine.config import TrainConfig
     x, y, xt, yt = _data(512)
     arrays = (x.astype(np.float64), y, xt.astype(np.float64), yt)
     params = {}
@@ -181,7 +181,7 @@ def test_train_with_data_parallel_workers_on_the_gpu_matches_the_cpu(cp, tmp_pat
         cfg = TrainConfig(device=device, hidden=(32,), epochs=2, batch_size=64, optimizer="adam",
                           lr=1e-2, seed=5, dtype="float64", workers=2, verbose=False,
                           save=str(tmp_path / f"{device}.npz"))
-        metrics = runner.run(cfg, arrays)
+        metrics = runner.train(cfg, arrays)
         with np.load(cfg.save) as saved:
             params[device] = {k: saved[k] for k in saved.files}
     assert metrics["staging"]["d2h_copies"] > 0 and metrics["staging"]["h2d_copies"] > 0

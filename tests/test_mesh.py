@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minilepton as ml
-from minilepton.config import TrainConfig
+from minilepton.engine.config import TrainConfig
 from minilepton.parallel.mesh import Mesh, check_layout, grid
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
@@ -80,8 +80,7 @@ def test_mesh_groups_follow_the_grid():
 def _hybrid_worker(comm, layout, cases):
     """Train serial and model-parallel side by side for a few steps; gathered results."""
     from minilepton.optim import SGD, Adam
-    from minilepton.parallel.model_parallel_strategy import ModelParallelStrategy
-    from minilepton.strategy import SingleProcess
+    from minilepton.parallel.strategy import ParallelStrategy, SingleProcess
     dp, tp, pp = layout
     out = []
     for sizes, dtype, seed, batch, micro_batches, schedule, opt in cases:
@@ -91,8 +90,8 @@ def _hybrid_worker(comm, layout, cases):
         y = rng.integers(0, sizes[-1], 3 * batch)
         ref_model = ml.nn.mlp(sizes, seed=seed, dtype=dtype)
         ref = SingleProcess(ref_model, make(ref_model.parameters()))
-        par = ModelParallelStrategy(comm, ml.nn.mlp(sizes, seed=seed, dtype=dtype), make,
-                                    dp, tp, pp, micro_batches, schedule)
+        par = ParallelStrategy(Mesh(comm, dp, tp, pp), ml.nn.mlp(sizes, seed=seed, dtype=dtype),
+                               make, micro_batches=micro_batches, schedule=schedule)
         losses = []
         for step in range(3):
             idx = np.arange(step * batch, (step + 1) * batch)
@@ -146,7 +145,7 @@ def test_model_parallel_over_mpi():
 @pytest.mark.timeout(120)
 def test_per_rank_checkpoints_resume_bit_exactly(tmp_path):
     """tp × pp on 4 workers: 1 epoch, then resume for a 2nd, equals 2 epochs straight."""
-    from minilepton.parallel.runner import run
+    from minilepton.engine.run import train as run
     rng = np.random.default_rng(0)
     arrays = (rng.random((96, 12)), rng.integers(0, 10, 96), rng.random((20, 12)),
               rng.integers(0, 10, 20))

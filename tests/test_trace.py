@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minilepton.comm.base import Communicator
-from minilepton.trace import Tracer, busy_fraction, category, chrome_trace, gantt
+from minilepton.engine.trace import Tracer, busy_fraction, category, chrome_trace, gantt
 
 matplotlib.use("Agg")
 
@@ -66,8 +66,8 @@ def test_chrome_trace_format_and_gantt():
 
 @pytest.mark.timeout(120)
 def test_trace_flag_writes_one_file_for_the_job(tmp_path):
-    from minilepton.config import TrainConfig
-    from minilepton.parallel.runner import run
+    from minilepton.engine.config import TrainConfig
+    from minilepton.engine.run import train as run
     rng = np.random.default_rng(0)
     arrays = (rng.random((64, 12), dtype=np.float32), rng.integers(0, 10, 64),
               rng.random((20, 12), dtype=np.float32), rng.integers(0, 10, 20))

@@ -8,24 +8,19 @@ import os
 import numpy as np
 import pytest
 
-from minilepton.checkpoint import (
+from minilepton.engine import loop
+from minilepton.engine.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    resume,
     save_checkpoint,
 )
-from minilepton.strategy import SingleProcess
-from minilepton.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    _resume,
-    build_model,
-    build_optimizer,
-    fit,
-    format_epoch,
-    load_arrays,
-    train,
-)
+from minilepton.engine.config import TrainConfig
+from minilepton.engine.loop import NonFiniteLossError, fit, format_epoch
+from minilepton.engine.recipe import build_model, build_optimizer, load_arrays
+from minilepton.engine.run import train
+from minilepton.parallel.strategy import SingleProcess
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -248,7 +243,7 @@ def test_sharded_state_is_checkpointed_per_rank_and_resumed_together(small, tmp_
     resumed = quiet(epochs=3, dp=2, checkpoint_dir=str(tmp_path), resume=True)
     shards = [Shard(resumed, rank) for rank in (0, 1)]
     for shard in shards:  # both ranks pick epoch 1, the newest that both saved
-        assert _resume(shard, resumed, lambda line: None)[0] == 1
+        assert resume(shard, resumed, lambda line: None)[0] == 1
     metrics = fit(Shard(resumed, 1), *small, resumed)
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
     assert list_checkpoints(tmp_path, rank=1) == [2, 3] and list_checkpoints(tmp_path) == []
@@ -258,8 +253,8 @@ def test_sharded_state_is_checkpointed_per_rank_and_resumed_together(small, tmp_
 
 
 def test_progress_bar_only_on_a_terminal_for_long_epochs(monkeypatch):
-    from minilepton import train as train_module
-    strategy = SingleProcess(None, None)
+    train_module = loop
+    strategy = Shard(quiet(), 0)
     monkeypatch.setattr(train_module.sys.stderr, "isatty", lambda: False, raising=False)
     assert train_module._progress(strategy, 10_000, "Epoch 1/1") is None
     monkeypatch.setattr(train_module.sys.stderr, "isatty", lambda: True, raising=False)

@@ -44,7 +44,7 @@ class Tensor:
     becomes the default dtype (float32 unless ``ml.backend.set_default_dtype`` says otherwise).
     """
 
-    __slots__ = ("_backward", "_parents", "data", "grad", "name", "requires_grad")
+    __slots__ = ("_backward", "_grad_hooks", "_parents", "data", "grad", "name", "requires_grad")
     __array_ufunc__ = None  # so `ndarray + Tensor` defers to Tensor.__radd__ (and friends)
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, name: str | None = None):
@@ -53,6 +53,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self._parents = ()
         self._backward = None
+        self._grad_hooks = None
         self.name = name
 
     @classmethod
@@ -67,6 +68,7 @@ class Tensor:
         out.data = data
         out.grad = None
         out.name = None
+        out._grad_hooks = None
         if _grad_mode.enabled:
             for p in parents:
                 if p.requires_grad:
@@ -182,6 +184,15 @@ class Tensor:
                 else:
                     ready.append(parent)
 
+    def register_post_accumulate_grad_hook(self, hook) -> None:
+        """Call ``hook(leaf)`` each time ``backward()`` has added this leaf's gradient into
+        ``.grad``. In Kahn's order a leaf is reached once, after every op that used it, so the
+        hook sees the leaf's final gradient of that pass (what data-parallel overlap waits for).
+        """
+        if not self.is_leaf:
+            raise ValueError("gradient hooks are for leaves (parameters), not op results")
+        self._grad_hooks = (*(self._grad_hooks or ()), hook)
+
     # Operators and methods are attached in ops.py / shape_ops.py, next to their backward rules.
 
 
@@ -220,6 +231,9 @@ def _accumulate_leaf(leaf: Tensor, g, seen_memory: set) -> None:
         grad += g  # in place: a grad that is a view of a bucket fills the bucket
     else:
         leaf.grad = grad + g
+    if leaf._grad_hooks:
+        for hook in leaf._grad_hooks:
+            hook(leaf)
 
 
 def _root(array):

@@ -21,7 +21,11 @@ import time
 
 import numpy as np
 
+from .. import nn, optim
 from ..backend import cpu_count
+from ..cluster import launch
+from ..parallel.mesh import Mesh
+from ..parallel.strategy import ParallelStrategy
 
 
 def add_arguments(parser) -> None:
@@ -51,29 +55,27 @@ def add_arguments(parser) -> None:
 def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, compress,
             overlap=False):
     """Time ``steps`` training steps on synthetic data; rank 0 returns the medians."""
-    from .. import nn, optim  # noqa: PLC0415
-    from ..parallel.data_parallel import DataParallelStrategy  # noqa: PLC0415
     rng = np.random.default_rng(0)
     x = rng.random((global_batch, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], global_batch)
     model = nn.mlp(sizes, seed=0)
     opt = optim.SGD(model.parameters(), lr=1e-3) if optimizer == "sgd" else optim.Adam(
         model.parameters(), lr=1e-4)
-    strat = DataParallelStrategy(comm, model, opt, bucket_bytes=bucket_bytes, compress=compress,
-                                 overlap=overlap)
+    strat = ParallelStrategy(Mesh(comm, dp=comm.world_size), model, lambda params: opt,
+                             bucket_bytes=bucket_bytes, compress=compress, overlap=overlap)
     batch = np.arange(global_batch)
     times, sync_s, sync_bytes = [], [], []
     for step in range(warmup + steps):
         if step == warmup:
             comm.barrier()
-        s0, b0 = strat.dp.sync_seconds, strat.dp.sync_bytes
+        s0, b0 = strat.step_comm_seconds, strat.step_bytes
         t0 = time.perf_counter()
         local = strat.local_indices(batch)
         strat.train_step(x[local], y[local], global_batch)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-            sync_s.append(strat.dp.sync_seconds - s0)
-            sync_bytes.append(strat.dp.sync_bytes - b0)
+            sync_s.append(strat.step_comm_seconds - s0)
+            sync_bytes.append(strat.step_bytes - b0)
     step_s = statistics.median(times)
     return {"step_seconds": step_s, "samples_per_second": global_batch / step_s,
             "best_samples_per_second": global_batch / min(times),
@@ -82,9 +84,9 @@ def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, c
 
 
 def _plot(rows, path: str, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for compress in sorted({r["compress"] for r in rows}):
         mine = [r for r in rows if r["compress"] == compress]
@@ -111,7 +113,6 @@ def _plot(rows, path: str, title: str) -> None:
 
 
 def run(args) -> int:
-    from ..cluster import launch  # noqa: PLC0415
     try:
         workers = sorted({int(w) for w in args.workers.split(",")})
         hidden = [int(h) for h in args.hidden.split(",") if h]

@@ -36,6 +36,7 @@ sleeps so that the work takes 1/s as long. Data parallelism's load balancing rea
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,18 +86,27 @@ def link_model(spec) -> LinkModel | None:
                      "'LATENCY_US,BANDWIDTH_GBPS'")
 
 
-def check_node_speeds(speeds, world_size: int) -> list | None:
-    """Validate ``node_speeds`` (one positive factor per rank) or return None."""
-    if speeds is None:
+def check_node_speeds(speeds, world_size: int | None = None) -> list | None:
+    """The one parser of node speeds: ``"1,1,0.5"`` or a sequence -> positive finite floats
+    (one per rank when ``world_size`` is given); None and ``""`` stay None."""
+    if speeds is None or speeds == "":
         return None
-    if isinstance(speeds, str):
-        speeds = [float(s) for s in speeds.split(",")]
-    speeds = [float(s) for s in speeds]
-    if len(speeds) != world_size:
-        raise ValueError(f"node_speeds has {len(speeds)} factors for {world_size} workers")
-    if min(speeds) <= 0:
-        raise ValueError(f"node speeds must be > 0, got {speeds}")
-    return speeds
+    items = speeds.split(",") if isinstance(speeds, str) else list(speeds)
+    try:
+        values = [float(s) for s in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"node speeds must be comma-separated numbers, not {speeds!r}") from None
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"node speeds must be > 0, got {speeds!r}")
+    if world_size is not None and len(values) != world_size:
+        raise ValueError(f"node_speeds has {len(values)} factors for {world_size} workers")
+    return values
+
+
+def relative_speeds(speeds) -> list:
+    """Speeds as fractions of the fastest node: ``[2, 2, 1]`` and ``[1, 1, 0.5]`` are one cluster."""
+    fastest = max(speeds)
+    return [s / fastest for s in speeds]
 
 
 _speeds: list | None = None  # the job's node speeds (set in each worker)
@@ -117,7 +127,7 @@ def node_speeds() -> list | None:
 def node_speed() -> float:
     """This worker's speed factor relative to the fastest node (1.0 when the simulation is
     off): ``[2, 2, 1, 2]`` and ``[1, 1, 0.5, 1]`` describe the same cluster."""
-    return 1.0 if _speeds is None else _speeds[_rank] / max(_speeds)
+    return 1.0 if _speeds is None else relative_speeds(_speeds)[_rank]
 
 
 def slow_down(seconds_computed: float) -> float:

@@ -20,6 +20,9 @@ import math
 
 import numpy as np
 
+from .. import nn, optim
+from ..autograd import Tensor
+
 INPUTS = {"x": 1.0, "y": 1.0, "w": 1.0, "b": 0.0, "lr": 0.01}
 
 # What the article prints for each quantity (None: it prints nothing for it).
@@ -52,7 +55,6 @@ def closed_form(x=1.0, y=1.0, w=1.0, b=0.0, lr=0.01) -> dict:
 
 def worked_example(x=1.0, y=1.0, w=1.0, b=0.0, lr=0.01) -> dict:
     """One forward, backward and SGD step with the autograd engine; the six values by name."""
-    from .. import Tensor, nn, optim
     model = nn.logistic_regression(1, dtype="float64")
     model.load_state_dict({name: np.full(p.shape, w if p.ndim == 2 else b)
                            for name, p in model.named_parameters()})

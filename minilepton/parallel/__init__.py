@@ -6,7 +6,9 @@
 - ``schedules``: pipeline schedules (GPipe, 1F1B) as pure, printable functions.
 - ``pipeline``: a ``Sequential`` cut into stages over ranks, micro-batches sent between them.
 - ``mesh``: the explicit rank grid dp × tp × pp and each rank's sub-communicators.
-- ``runner``: the multi-worker entry point behind ``minilepton train --workers/--dp/--tp/--pp``.
+- ``strategy``: ``ParallelStrategy``, tensor → pipeline → data composed over one mesh.
+- ``stats``: the summed loss and the statistics every strategy reports.
+- opt-in extras, one file each: ``overlap``, ``compression``, ``local_sgd``, ``balance``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ _EXPORTS = {
     "gpipe": "schedules",
     "one_f_one_b": "schedules",
     "Mesh": "mesh",
+    "OverlappedDataParallel": "overlap",
+    "LocalSGD": "local_sgd",
+    "ParallelStrategy": "strategy",
+    "SingleProcess": "strategy",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,29 +20,29 @@ import numpy as np
 BALANCE_MODES = ("none", "static", "dynamic")
 
 
-def parse_node_speeds(spec, world_size: int) -> np.ndarray:
-    """Speed factors, one per rank, from ``"1,1,0.5"`` or a sequence (1.0 = full speed)."""
-    if spec is None or spec == "":
-        return np.ones(world_size)
-    if isinstance(spec, str):
-        try:
-            values = [float(v) for v in spec.split(",")]
-        except ValueError:
-            raise ValueError(f"--node-speeds must be comma-separated numbers, not {spec!r}") from None
-    else:
-        values = [float(v) for v in spec]
-    if len(values) != world_size:
-        raise ValueError(f"--node-speeds gives {len(values)} speeds for {world_size} workers")
-    speeds = np.asarray(values)
-    if not np.all(np.isfinite(speeds)) or np.any(speeds <= 0):
-        raise ValueError(f"--node-speeds must be positive, not {spec!r}")
-    return speeds
-
-
 def static_weights(speeds) -> np.ndarray:
     """Shares proportional to declared speeds, normalised to sum to 1."""
     s = np.asarray(speeds, dtype=np.float64)
     return s / s.sum()
+
+
+class StaticBalancer:
+    """Shares ∝ the declared speed factors, fixed for the whole run."""
+
+    def __init__(self, speeds):
+        self.weights = static_weights(speeds)
+
+    def update(self, comm, samples: int, compute_s: float):
+        return None  # never moves
+
+
+def make_balancer(mode: str, world_size: int, speeds=None):
+    """The balancer of ``--balance MODE`` (None for ``none``); ``speeds`` default to equal."""
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"--balance must be one of {', '.join(BALANCE_MODES)}, not {mode!r}")
+    if mode == "static":
+        return StaticBalancer(np.ones(world_size) if speeds is None else speeds)
+    return DynamicBalancer(world_size) if mode == "dynamic" else None
 
 
 def step_time_s(shares, speeds, seconds_per_sample: float, comm_s: float = 0.0) -> float:

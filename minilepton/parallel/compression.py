@@ -89,16 +89,26 @@ class TopKCompression:
             flat[idx] += row[:k]                           # indices are unique within a rank
 
 
-def make_compressor(spec: str | None):
-    """``None``/``"none"``, ``"fp16"`` or ``"topk:RATIO"`` (e.g. ``"topk:0.01"``)."""
-    if spec in (None, "", "none"):
-        return NoCompression()
-    if spec == "fp16":
-        return FP16Compression()
-    if isinstance(spec, str) and spec.startswith("topk"):
-        _, _, ratio = spec.partition(":")
+def parse_compress(spec: str) -> tuple[str, float]:
+    """``"none"`` / ``"fp16"`` / ``"topk:0.01"`` -> ``(kind, fraction)`` (1.0 unless topk);
+    the one parser of ``--compress``."""
+    if spec in ("none", "fp16"):
+        return spec, 1.0
+    kind, _, value = str(spec).partition(":")
+    if kind == "topk":
         try:
-            return TopKCompression(float(ratio) if ratio else 0.01)
-        except ValueError as exc:
-            raise ValueError(f"bad --compress {spec!r}: {exc}") from None
-    raise ValueError(f"unknown --compress {spec!r}; choose none, fp16 or topk:RATIO (e.g. topk:0.01)")
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if 0.0 < fraction <= 1.0:
+            return "topk", fraction
+        raise ValueError(f"--compress topk:FRACTION needs 0 < FRACTION <= 1, not {value!r}")
+    raise ValueError(f"--compress must be none, fp16 or topk:FRACTION, not {spec!r}")
+
+
+def make_compressor(spec: str | None):
+    """``None``/``"none"``, ``"fp16"`` or ``"topk:FRACTION"`` (e.g. ``"topk:0.01"``)."""
+    kind, fraction = parse_compress("none" if spec in (None, "") else spec)
+    if kind == "none":
+        return NoCompression()
+    return FP16Compression() if kind == "fp16" else TopKCompression(fraction)

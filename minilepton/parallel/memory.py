@@ -35,12 +35,9 @@ class ActivationMeter:
     def release(self, nbytes: int) -> None:
         self.live_bytes -= int(nbytes)
 
-    def reset_peak(self) -> None:
-        self.peak_bytes = self.live_bytes
-
 
 def human_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
+    """``1536`` -> ``"1.5 KiB"``: the one byte formatter of the package."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

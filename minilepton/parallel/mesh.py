@@ -13,13 +13,17 @@ dp 0: pp 0: [0 1]
 dp 1: pp 0: [2 3]
 
 ``Mesh(comm, dp, tp, pp)`` builds the three sub-communicators with ``comm.split`` (a collective:
-every rank builds its mesh at the same point). ``check_layout`` rejects an impossible layout
+every rank builds its mesh at the same point). A group of one rank is a ``LocalComm`` and a group
+of every rank is ``comm`` itself, so a data-parallel-only grid talks over the job's communicator. ``check_layout`` rejects an impossible layout
 with one line before any worker starts.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..comm.local import LocalComm
+from .pipeline import partition_sizes
 
 
 def grid(dp: int, tp: int, pp: int) -> np.ndarray:
@@ -39,9 +43,22 @@ class Mesh:
         d, p, t = (int(i[0]) for i in np.nonzero(self.grid == comm.rank))
         self.dp_rank, self.pp_rank, self.tp_rank = d, p, t
         # Colors number the groups; the key (the global rank) orders ranks inside a group.
-        self.tp_comm = comm.split(color=d * pp + p, key=comm.rank)
-        self.pp_comm = comm.split(color=d * tp + t, key=comm.rank)
-        self.dp_comm = comm.split(color=p * tp + t, key=comm.rank)
+        self.tp_comm = self._group(tp, color=d * pp + p)
+        self.pp_comm = self._group(pp, color=d * tp + t)
+        self.dp_comm = self._group(dp, color=p * tp + t)
+
+    def _group(self, size: int, color: int):
+        """The communicator of this rank's group of ``size`` ranks (same size on every rank,
+        so every rank takes the same branch and the splits stay collective)."""
+        if size == 1:
+            return LocalComm()
+        if size == self.comm.world_size:
+            return self.comm
+        return self.comm.split(color=color, key=self.comm.rank)
+
+    def comms(self) -> tuple:
+        """The three group communicators: tensor, pipeline, data."""
+        return (self.tp_comm, self.pp_comm, self.dp_comm)
 
     @property
     def coords(self) -> tuple:
@@ -54,8 +71,9 @@ class Mesh:
         return "\n".join(f"dp {d}: pp {p}: {g[d, p]}" for d in range(dp) for p in range(pp))
 
     def close(self) -> None:
-        for sub in (self.tp_comm, self.pp_comm, self.dp_comm):
-            sub.close()
+        for sub in self.comms():
+            if sub is not self.comm:
+                sub.close()
 
     def __repr__(self):
         return (f"<Mesh rank {self.comm.rank} at dp {self.dp_rank}/{self.dp}, "
@@ -69,8 +87,6 @@ def check_layout(cfg, sizes) -> int:
     stages than layers; no more tensor shards than the features of any sharded layer; the
     micro-batches divide each data-parallel shard of the batch. Returns the world size.
     """
-    from .pipeline import partition_sizes  # noqa: PLC0415 - keeps mesh importable alone
-
     dp, tp, pp = int(cfg.dp), int(cfg.tp), int(cfg.pp)
     world = dp * tp * pp
     if cfg.workers is not None and cfg.workers != world:

@@ -21,11 +21,10 @@ from contextlib import nullcontext
 import numpy as np
 
 from ..autograd import Tensor, no_grad
-from ..autograd.losses import cross_entropy
 from ..nn import Linear, Sequential
-from ..strategy import StepStats
 from .memory import ActivationMeter
 from .schedules import FORWARD, schedule
+from .stats import StepStats, sum_cross_entropy
 
 
 def partition(costs, stages: int) -> list:
@@ -105,12 +104,14 @@ class PipelineParallel:
 
     ``stage_module`` is this stage's Sequential (possibly tensor-parallel inside);
     ``widths[s]`` is the feature width entering stage s and ``widths[P]`` the logits' width.
-    ``global_rank`` (default: the rank in ``comm``) names this process in error messages.
+    ``global_rank`` (default: the rank in ``comm``) names this process in error messages;
+    ``loss_fn(logits, labels)``, a summed loss, is what the last stage differentiates.
     """
 
     def __init__(self, stage_module, comm, widths, micro_batches: int = 4,
-                 schedule_name: str = "1f1b", tracer=None, global_rank: int | None = None):
-        self.module, self.comm = stage_module, comm
+                 schedule_name: str = "1f1b", tracer=None, global_rank: int | None = None,
+                 loss_fn=sum_cross_entropy):
+        self.module, self.comm, self.loss_fn = stage_module, comm, loss_fn
         self.global_rank = comm.rank if global_rank is None else int(global_rank)
         self.stage, self.stages = comm.rank, comm.world_size
         self.widths = [int(w) for w in widths]
@@ -186,7 +187,7 @@ class PipelineParallel:
             kept.append(layer(kept[-1]))
         out = kept[-1]
         if self.is_last:
-            loss = cross_entropy(out, y_mb, reduction="sum") * (1.0 / global_batch_size)
+            loss = self.loss_fn(out, y_mb) * (1.0 / global_batch_size)
             stats += (loss.item() * global_batch_size,
                       int((out.data.argmax(axis=1) == y_mb).sum()), len(y_mb))
             out = loss
@@ -236,7 +237,7 @@ class PipelineParallel:
                     comm.send(np.ascontiguousarray(out.data), s + 1)
                     continue
                 yb = y[start:start + n]
-                totals += (cross_entropy(out, yb, reduction="sum").item(),
+                totals += (self.loss_fn(out, yb).item(),
                            int((out.data.argmax(axis=1) == yb).sum()), n)
         if self.stages > 1:
             comm.broadcast(totals, root=self.stages - 1)

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .files import atomic_write_text
+
 COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "broadcast", "barrier")
 COLORS = {"forward": "#4c72b0", "backward": "#dd8452", "optimizer": "#55a868",
           "send": "#8c8c8c", "recv": "#b0b0b0", "collective": "#c44e52", "idle": "#ffffff"}
@@ -142,8 +144,7 @@ def chrome_trace(events) -> dict:
 
 
 def write_chrome_trace(events, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(chrome_trace(events), f)
+    atomic_write_text(path, json.dumps(chrome_trace(events)))
 
 
 def busy_fraction(events, rank: int, names=("forward", "backward")) -> float:

@@ -3,7 +3,7 @@
 A checkpoint is one ``.npz`` file with no pickled objects: the nested state (dicts, lists,
 arrays, numbers, strings) is flattened into numbered arrays plus a JSON tree that says where
 each array goes, so loading a checkpoint can never run code. Files are written atomically
-(a temporary file in the same directory, then ``os.replace``): a run killed mid-write leaves the
+(``files.atomic_write``: a fresh temporary file in the same directory, then ``os.replace``): a run killed mid-write leaves the
 previous checkpoint intact, never a torn one.
 
 Names: ``epoch_0003.npz`` for state every rank holds a copy of (one process, data parallel),
@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
-from . import backend
+from .. import backend
+from .files import atomic_write
 
 _NAME = re.compile(r"^epoch_(\d{4,})(?:\.rank(\d+))?\.npz$")
 _TREE_KEY = "__tree__"
@@ -75,18 +75,8 @@ def save_checkpoint(directory, epoch: int, state: dict, meta: dict,
     tree = {"state": _flatten(state, arrays), "meta": meta, "epoch": int(epoch)}
     payload = {f"a{i}": a for i, a in enumerate(arrays)}
     payload[_TREE_KEY] = np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8)
-    path = os.path.join(directory, checkpoint_name(epoch, rank))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    path = atomic_write(os.path.join(directory, checkpoint_name(epoch, rank)),
+                        lambda f: np.savez(f, **payload))
     for old_epoch in sorted(list_checkpoints(directory, rank))[:-keep] if keep else []:
         os.unlink(os.path.join(directory, checkpoint_name(old_epoch, rank)))
     return path
@@ -120,3 +110,60 @@ def load_checkpoint(path) -> tuple[int, dict, dict]:
         return tree["epoch"], _unflatten(tree["state"], arrays), tree["meta"]
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+# ---- what the training loop saves and resumes
+def _checkpoint_rank(strategy):
+    """None when every rank holds the whole state (one file), else this rank (one file each)."""
+    return None if strategy.replicated_state else strategy.rank
+
+
+def layout_key(cfg, strategy) -> dict:
+    """Settings a checkpoint must agree with to be resumed (the rest may change).
+
+    A replicated state (one process, data parallel) resumes on any number of workers; a
+    sharded one (tensor / pipeline parallel) only on the same rank grid.
+    """
+    key = {"dataset": cfg.dataset, "hidden": list(cfg.hidden), "optimizer": cfg.optimizer,
+           "dtype": cfg.dtype, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    if _checkpoint_rank(strategy) is not None:
+        key.update(world_size=cfg.world_size, dp=cfg.dp, tp=cfg.tp, pp=cfg.pp)
+    return key
+
+
+def save_epoch(strategy, cfg, history: list) -> None:
+    """The checkpoint of the epoch just finished (main rank, or every rank for a sharded state)."""
+    rank = _checkpoint_rank(strategy)
+    if rank is not None or strategy.is_main:
+        meta = {"layout": layout_key(cfg, strategy), "history": history}
+        save_checkpoint(cfg.checkpoint_dir, history[-1]["epoch"], strategy.state_dict(), meta,
+                        rank=rank)
+
+
+def resume(strategy, cfg, log) -> tuple[int, list]:
+    """Load the newest checkpoint into ``strategy``; return (epochs done, their metric rows).
+
+    Sharded state resumes from the newest epoch that *every* rank saved, so a job stopped
+    between two ranks' writes still restarts all ranks at the same epoch.
+    """
+    rank = _checkpoint_rank(strategy)
+    path = latest_checkpoint(cfg.checkpoint_dir, rank)
+    if rank is not None:
+        common = set.intersection(*(set(list_checkpoints(cfg.checkpoint_dir, r))
+                                    for r in range(cfg.world_size)))
+        path = (os.path.join(cfg.checkpoint_dir, checkpoint_name(max(common), rank))
+                if common else None)
+    if path is None:
+        log(f"no checkpoint in {cfg.checkpoint_dir}; starting from epoch 1")
+        return 0, []
+    epoch, state, meta = load_checkpoint(path)
+    expected = layout_key(cfg, strategy)
+    for key, value in meta.get("layout", {}).items():
+        if expected.get(key) != value:
+            raise ValueError(f"checkpoint {path} was written with {key}={value!r}, "
+                             f"this run has {key}={expected.get(key)!r}")
+    if epoch > cfg.epochs:
+        raise ValueError(f"checkpoint {path} is at epoch {epoch}, past --epochs {cfg.epochs}")
+    strategy.load_state_dict(state)
+    log(f"resumed from {path} (epoch {epoch}/{cfg.epochs})")
+    return epoch, meta.get("history", [])

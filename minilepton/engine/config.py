@@ -11,48 +11,35 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-DATASETS = ("default", "fashion-mnist", "mnist")
+from ..backend import DEVICES
+from ..cluster.launcher import BACKENDS
+from ..cluster.simulate import PROFILES, check_node_speeds, link_model
+from ..data import DATASETS
+from ..parallel.balance import BALANCE_MODES as BALANCES
+from ..parallel.compression import parse_compress
+from ..parallel.schedules import SCHEDULES as _SCHEDULE_FUNCTIONS
+
+# Choice lists: each comes from the module that implements the choices; these two are the recipe's.
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = ("float32", "float64")
-DEVICES = ("cpu", "gpu", "auto")
-SCHEDULES = ("gpipe", "1f1b")
-BACKENDS = ("shm", "mpi")
-BALANCES = ("none", "static", "dynamic")
-LINKS = ("none", "nvlink", "infiniband", "10gbe", "1gbe")
+SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)
+LINKS = ("none", *PROFILES)  # or "LATENCY_US,BANDWIDTH_GBPS"
+
+__all__ = ["BACKENDS", "BALANCES", "DATASETS", "DEVICES", "DTYPES", "LINKS", "OPTIMIZERS",
+           "SCHEDULES", "TrainConfig", "parse_compress"]
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_compress(spec: str) -> tuple[str, float]:
-    """``"none"`` / ``"fp16"`` / ``"topk:0.01"`` -> ``(kind, fraction)`` (1.0 unless topk)."""
-    if spec in ("none", "fp16"):
-        return spec, 1.0
-    kind, _, value = spec.partition(":")
-    if kind == "topk":
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = math.nan
-        if 0.0 < fraction <= 1.0:
-            return "topk", fraction
-        raise ValueError(f"--compress topk:FRACTION needs 0 < FRACTION <= 1, not {value!r}")
-    raise ValueError(f"--compress must be none, fp16 or topk:FRACTION, not {spec!r}")
-
-
 def parse_node_speeds(spec) -> tuple[float, ...] | None:
     """``"1,1,0.5,1"`` (or a sequence) -> a tuple of positive speed factors; None stays None."""
-    if spec is None or spec == "":
-        return None
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
     try:
-        speeds = tuple(float(s) for s in items)
-    except (TypeError, ValueError):
-        raise ValueError(f"--node-speeds must be comma-separated numbers, not {spec!r}") from None
-    if not all(math.isfinite(s) and s > 0 for s in speeds):
-        raise ValueError(f"--node-speeds must all be positive, not {spec!r}")
-    return speeds
+        speeds = check_node_speeds(spec)
+    except ValueError as exc:
+        raise ValueError(f"--node-speeds: {exc}") from None
+    return None if speeds is None else tuple(speeds)
 
 
 @dataclass
@@ -112,7 +99,7 @@ class TrainConfig:
         """Raise ``ValueError`` with one line naming the first bad setting."""
         choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
                    "device": DEVICES, "schedule": SCHEDULES, "backend": BACKENDS,
-                   "balance": BALANCES, "link": LINKS}
+                   "balance": BALANCES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -142,6 +129,11 @@ class TrainConfig:
         if self.optimizer == "adam" and (self.momentum or self.weight_decay):
             raise ValueError("--momentum and --weight-decay apply to --optimizer sgd only")
         parse_compress(self.compress)
+        if self.link != "none":
+            try:
+                link_model(self.link)
+            except ValueError as exc:
+                raise ValueError(f"--link: {exc}") from None
         layout = self.dp * self.tp * self.pp
         if self.workers is not None and layout != 1 and layout != self.workers:
             raise ValueError(f"--workers {self.workers} does not match --dp {self.dp} × --tp "

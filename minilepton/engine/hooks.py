@@ -1,0 +1,131 @@
+"""What the training loop does around the steps, as hooks called at three fixed points.
+
+``on_start(strategy, start, history)`` may resume (returns the epoch to start after and the
+rows so far), ``on_epoch_end(strategy, history)`` sees each finished epoch's row,
+``on_end(strategy, metrics)`` may add to the metrics or write files. Every rank calls every
+hook (some are collectives); hooks that print or write act on the main rank only.
+``default_hooks(cfg)`` lists the ones a ``TrainConfig`` asks for, in the order they run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..parallel.memory import human_bytes
+from . import checkpoint
+from .config import TrainConfig
+from .files import atomic_write, atomic_write_text
+from .trace import gather_events, write_chrome_trace
+
+
+class Hook:
+    """Does nothing at every point; subclasses override what they need."""
+
+    def on_start(self, strategy, start: int, history: list) -> tuple[int, list]:
+        return start, history
+
+    def on_epoch_end(self, strategy, history: list) -> None:
+        pass
+
+    def on_end(self, strategy, metrics: dict) -> None:
+        pass
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    """The Keras-like line printed after each epoch."""
+    return (f"Epoch {row['epoch']}/{epochs} - loss {row['train_loss']:.4f} - accuracy "
+            f"{row['train_accuracy']:.4f} - val_accuracy {row['val_accuracy']:.4f} - "
+            f"{row['seconds']:.1f} s - {row['samples_per_second']:.0f} samples/s")
+
+
+class PrintEpochs(Hook):
+    """One line per epoch on the main rank; parallel runs add the bytes sent per step."""
+
+    def __init__(self, cfg: TrainConfig, log=None):
+        self.epochs, self.traffic = cfg.epochs, cfg.world_size > 1
+        self.log = log
+
+    def emit(self, strategy, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+        elif strategy.is_main:
+            print(line, flush=True)
+
+    def on_epoch_end(self, strategy, history):
+        line = format_epoch(history[-1], self.epochs)
+        if self.traffic:
+            line += f" - {human_bytes(strategy.comm_report()['bytes_per_step'])}/step sent"
+        self.emit(strategy, line)
+
+
+class Checkpoints(Hook):
+    """``--resume``: continue from the newest checkpoint; ``--checkpoint-dir``: one per epoch."""
+
+    def __init__(self, cfg: TrainConfig, printer: PrintEpochs | None):
+        self.cfg, self.printer = cfg, printer
+
+    def on_start(self, strategy, start, history):
+        if not self.cfg.resume:
+            return start, history
+
+        def say(line):  # resume messages go where the epoch lines go
+            if self.printer is not None:
+                self.printer.emit(strategy, line)
+        return checkpoint.resume(strategy, self.cfg, say)
+
+    def on_epoch_end(self, strategy, history):
+        if self.cfg.checkpoint_dir:
+            checkpoint.save_epoch(strategy, self.cfg, history)
+
+
+class CommMetrics(Hook):
+    """Adds ``bytes_per_step``, ``comm_seconds_fraction``, ``backend`` (and GPU ``staging``)."""
+
+    def on_end(self, strategy, metrics):
+        metrics.update(strategy.comm_report())
+        metrics["backend"] = strategy.comm.backend_name
+        staging = getattr(strategy.comm, "staging", None)
+        if staging is not None:  # device -> host -> device copies of the collectives
+            metrics["staging"] = staging.as_dict()
+
+
+class WriteTrace(Hook):
+    """``--trace PATH``: every rank's timeline gathered into one Chrome-trace file (collective)."""
+
+    def __init__(self, tracer, path: str):
+        self.tracer, self.path = tracer, path
+
+    def on_end(self, strategy, metrics):
+        events = gather_events(strategy.comm, self.tracer)
+        if events is not None:
+            write_chrome_trace(events, self.path)
+
+
+class WriteOutputs(Hook):
+    """``--save`` (the final parameters, .npz) and ``--metrics-json``, from the main rank."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def on_end(self, strategy, metrics):
+        params = strategy.full_parameters() if self.cfg.save else None  # collective
+        if not strategy.is_main:
+            return
+        if self.cfg.save:
+            atomic_write(self.cfg.save, lambda f: np.savez(f, **params))
+        if self.cfg.metrics_json:
+            atomic_write_text(self.cfg.metrics_json, json.dumps(metrics, indent=2) + "\n")
+
+
+def default_hooks(cfg: TrainConfig, log=None, tracer=None) -> list:
+    """The hooks ``cfg`` asks for: printing (unless quiet), checkpoints, comm figures, the
+    trace, the output files. ``log(line)`` replaces printing on the main rank."""
+    printer = PrintEpochs(cfg, log) if cfg.verbose or log is not None else None
+    hooks = [printer] if printer is not None else []
+    hooks += [Checkpoints(cfg, printer), CommMetrics()]
+    if tracer is not None and cfg.trace:
+        hooks.append(WriteTrace(tracer, cfg.trace))
+    hooks.append(WriteOutputs(cfg))
+    return hooks
