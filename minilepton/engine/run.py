@@ -37,7 +37,7 @@ class OtherRankError(ValueError):
 
 def normalise(cfg: TrainConfig, world_size: int | None = None) -> TrainConfig:
     """``--workers P`` alone (or P ranks from mpiexec) means ``--dp P``: data parallel."""
-    workers = cfg.workers if world_size is None else world_size
+    workers = cfg.workers if cfg.workers is not None else world_size
     if workers is not None and workers > 1 and cfg.dp * cfg.tp * cfg.pp == 1:
         return dataclasses.replace(cfg, dp=workers)
     return cfg
