@@ -17,7 +17,7 @@ from minilepton.comm.local import LocalComm
 from minilepton.engine import recipe
 from minilepton.engine import run as engine_run
 from minilepton.engine.config import TrainConfig
-from minilepton.engine.files import atomic_write, atomic_write_text
+from minilepton.files import atomic_write, atomic_write_text
 
 
 def test_the_python_entry_is_the_engine():

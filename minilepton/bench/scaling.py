@@ -24,6 +24,7 @@ import numpy as np
 from .. import nn, optim
 from ..backend import cpu_count
 from ..cluster import launch
+from ..cluster.launcher import BACKENDS
 from ..parallel.mesh import Mesh
 from ..parallel.strategy import ParallelStrategy
 
@@ -39,7 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per launch")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads per worker")
-    parser.add_argument("--backend", choices=("shm", "mpi"), default="shm")
+    parser.add_argument("--backend", choices=BACKENDS, default="shm")
     parser.add_argument("--bucket-bytes", type=int, default=1 << 22)
     parser.add_argument("--link", default=None,
                         help="simulated interconnect (nvlink, infiniband, 10gbe, 1gbe)")

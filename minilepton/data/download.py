@@ -1,7 +1,7 @@
 """Fetch the four files of a data set into a folder, checking each against its published MD5.
 
 Each file streams into a temporary file next to its destination and is renamed into place
-(``os.replace``, atomic on one file system) only after its MD5 matches, so an interrupted or
+(``minilepton.files.atomic_write``) only after its MD5 matches, so an interrupted or
 corrupted download never leaves a file that looks complete. Mirrors are tried in order.
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from ..files import atomic_write
 from .errors import DataError
 from .sources import DATA_ROOT_ENV, FILE_NAMES, Source, cache_dir
 
@@ -37,20 +36,16 @@ def fetch_file(url: str, dest: Path, md5: str, timeout_s: float = TIMEOUT_S) -> 
 
     Network failures propagate as ``OSError`` (``URLError`` is one) for the caller to report.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    def stream_and_check(out) -> None:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, _open_url(url, timeout_s) as response:
+        with _open_url(url, timeout_s) as response:
             while chunk := response.read(CHUNK_BYTES):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != md5:
+        if digest.hexdigest() != md5:  # raising here discards the temporary file
             raise ChecksumError(f"{url}: MD5 {digest.hexdigest()} differs from the published "
                                 f"{md5}; download discarded")
-        os.replace(tmp_name, dest)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    atomic_write(dest, stream_and_check)
 
 
 def fetch(source: Source, dest_dir, timeout_s: float = TIMEOUT_S) -> Path:

@@ -3,8 +3,8 @@
 A checkpoint is one ``.npz`` file with no pickled objects: the nested state (dicts, lists,
 arrays, numbers, strings) is flattened into numbered arrays plus a JSON tree that says where
 each array goes, so loading a checkpoint can never run code. Files are written atomically
-(``files.atomic_write``: a fresh temporary file in the same directory, then ``os.replace``): a run killed mid-write leaves the
-previous checkpoint intact, never a torn one.
+(``minilepton.files.atomic_write``: a fresh temporary file in the same directory, then
+``os.replace``): a run killed mid-write leaves the previous checkpoint intact, never a torn one.
 
 Names: ``epoch_0003.npz`` for state every rank holds a copy of (one process, data parallel),
 ``epoch_0003.rank01.npz`` for state sharded across ranks (tensor / pipeline parallel).
@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from .. import backend
-from .files import atomic_write
+from ..files import atomic_write
 
 _NAME = re.compile(r"^epoch_(\d{4,})(?:\.rank(\d+))?\.npz$")
 _TREE_KEY = "__tree__"

@@ -16,7 +16,7 @@ import numpy as np
 from ..parallel.memory import human_bytes
 from . import checkpoint
 from .config import TrainConfig
-from .files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from .trace import gather_events, write_chrome_trace
 
 

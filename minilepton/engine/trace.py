@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 COLLECTIVES = ("allreduce", "allgather", "reduce_scatter", "broadcast", "barrier")
 COLORS = {"forward": "#4c72b0", "backward": "#dd8452", "optimizer": "#55a868",

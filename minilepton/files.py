@@ -1,4 +1,7 @@
-"""Writing a run's files: whole or not at all, and never through someone else's link.
+"""Writing files: whole or not at all, and never through someone else's link.
+
+The package's one atomic-write helper: checkpoints, metrics, saved parameters, traces,
+downloads and the launcher's result files all go through it.
 
 ``atomic_write(path, write)`` creates a fresh temporary file next to ``path`` with
 ``tempfile.mkstemp`` (``O_CREAT | O_EXCL``, mode 0600, a random name: a file or symlink another
