@@ -27,6 +27,7 @@ from .engine.config import (
     DTYPES,
     LINKS,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     TrainConfig,
 )
@@ -113,8 +114,21 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated speed factor of each worker (default: all equal)")
     g.add_argument("--balance", default=d["balance"], choices=BALANCES,
                    help="share each batch by declared (static) or measured (dynamic) speed")
-    g.add_argument("--link", default=d["link"], choices=LINKS,
-                   help="simulated interconnect between the workers (a named profile)")
+    g.add_argument("--link", default=d["link"], metavar="|".join(LINKS) + "|LATENCY_US,GBPS",
+                   help="simulated interconnect between the workers: a named profile, or "
+                   "latency in µs and bandwidth in Gbit/s")
+    g = p.add_argument_group("memory")
+    g.add_argument("--zero", type=int, default=d["zero"], choices=(0, 1, 2, 3),
+                   help="ZeRO stage over the data group: 1 shards the optimizer state, 2 also "
+                   "the gradients, 3 also the parameters")
+    g.add_argument("--recompute", action="store_true",
+                   help="keep only each block's input and recompute it during backward")
+    g.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
+                   help="compute precision of forward and backward (float32 master weights)")
+    g.add_argument("--grad-accum", type=int, default=d["grad_accum"], metavar="K",
+                   help="K micro-steps per optimizer step, gradients summed locally")
+    g.add_argument("--memory-report", action="store_true",
+                   help="print the bytes each rank held, by kind, after training")
 
 
 def build_parser() -> argparse.ArgumentParser:

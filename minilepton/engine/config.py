@@ -22,11 +22,12 @@ from ..parallel.schedules import SCHEDULES as _SCHEDULE_FUNCTIONS
 # Choice lists: each comes from the module that implements the choices; these two are the recipe's.
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)
 LINKS = ("none", *PROFILES)  # or "LATENCY_US,BANDWIDTH_GBPS"
 
 __all__ = ["BACKENDS", "BALANCES", "DATASETS", "DEVICES", "DTYPES", "LINKS", "OPTIMIZERS",
-           "SCHEDULES", "TrainConfig", "parse_compress"]
+           "PRECISIONS", "SCHEDULES", "TrainConfig", "parse_compress"]
 
 
 def _flag(name: str) -> str:
@@ -84,6 +85,12 @@ class TrainConfig:
     balance: str = "none"
     link: str = "none"
     blas_threads: int | None = None
+    # memory (see minilepton.parallel)
+    zero: int = 0
+    recompute: bool = False
+    precision: str = "fp32"
+    grad_accum: int = 1
+    memory_report: bool = False
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden) if not isinstance(self.hidden, int) else (self.hidden,)
@@ -99,14 +106,14 @@ class TrainConfig:
         """Raise ``ValueError`` with one line naming the first bad setting."""
         choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "dtype": DTYPES,
                    "device": DEVICES, "schedule": SCHEDULES, "backend": BACKENDS,
-                   "balance": BALANCES}
+                   "balance": BALANCES, "precision": PRECISIONS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}, "
                                  f"not {value!r}")
         for name in ("epochs", "batch_size", "dp", "tp", "pp", "micro_batches", "sync_every",
-                     "bucket_bytes"):
+                     "bucket_bytes", "grad_accum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{_flag(name)} must be a positive integer, not {value!r}")
@@ -129,6 +136,8 @@ class TrainConfig:
         if self.optimizer == "adam" and (self.momentum or self.weight_decay):
             raise ValueError("--momentum and --weight-decay apply to --optimizer sgd only")
         parse_compress(self.compress)
+        if self.zero not in (0, 1, 2, 3) or isinstance(self.zero, bool):
+            raise ValueError(f"--zero must be 0, 1, 2 or 3, not {self.zero!r}")
         if self.link != "none":
             try:
                 link_model(self.link)

@@ -54,6 +54,11 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
     if cfg.tp * cfg.pp > 1 and (cfg.sync_every > 1 or cfg.balance != "none"):
         raise ValueError("--sync-every and --balance act on data parallelism alone; "
                          "use them without --tp/--pp")
+    unbuilt = [flag for flag, on in (("--zero", cfg.zero), ("--recompute", cfg.recompute),
+                                     ("--precision", cfg.precision != "fp32"),
+                                     ("--grad-accum", cfg.grad_accum > 1)) if on]
+    if unbuilt:  # the memory techniques land one by one; until then, one clear line
+        raise ValueError(f"{', '.join(unbuilt)}: not available in this version yet")
     if cfg.trace and cfg.world_size == 1:
         raise ValueError("--trace records a parallel run's timeline; add --workers, --tp or --pp")
 
