@@ -305,3 +305,15 @@ def test_relative_links_point_at_files_and_headings_that_exist(name):
         if anchor and linked.suffix == ".md":
             headings = re.findall(r"^#+\s+(.+)$", linked.read_text(), re.M)
             assert anchor in {_slug(h) for h in headings}, f"{name}: link to {target} (no heading)"
+
+
+@pytest.mark.parametrize("name", [*MARKDOWN, *NOTEBOOKS])
+def test_paths_in_the_documentation_exist(name):
+    path = ROOT / name
+    text = path.read_text()
+    if name.endswith(".ipynb"):
+        text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"]
+                         if c["cell_type"] == "markdown")
+    written = re.findall(r"`((?:minilepton|tests|benchmarks|tutorials|docs)/[\w/.\-]*)`", text)
+    missing = [p for p in written if not (ROOT / p).exists()]
+    assert not missing, f"{name} names paths that do not exist: {missing}"
