@@ -110,8 +110,7 @@ def mpi_worker(sizes, modes, rounds, pin: bool, config_text: str = "") -> None:
     from mpi4py import MPI
 
     from minilepton.cluster import blas
-    from minilepton.comm.arena import Arena
-    from minilepton.comm.shm import world_communicator
+    from minilepton.comm.shm import Arena, world_communicator
 
     world = MPI.COMM_WORLD
     rank, P = world.Get_rank(), world.Get_size()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from minilepton.cluster import WorkerError, launch
-from minilepton.comm.arena import PREFIX, shm_dir
+from minilepton.comm.shm.arena import PREFIX, shm_dir
 
 
 def _segments(pid=None):

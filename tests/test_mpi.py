@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (pip install '.[mpi]')")
 
+from test_collectives import data, fold  # noqa: E402 - rank inputs, the rank-order fold
+
 from minilepton.cluster.mpi_launch import find_mpiexec, in_mpi_job  # noqa: E402
 from minilepton.comm.mpi import block_bounds, ring_order  # noqa: E402
 
@@ -42,20 +44,6 @@ def _worker_error():
     from minilepton.cluster import WorkerError  # noqa: PLC0415
 
     return WorkerError
-
-
-def data(seed, rank, shape, dtype):
-    """Rank ``rank``'s input: values spread over six decades, so that order changes the bits."""
-    rng = np.random.default_rng([seed, rank])
-    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, shape)
-    return x.astype(dtype)
-
-
-def fold(rows, ufunc):
-    out = rows[0].copy()
-    for row in rows[1:]:
-        ufunc(out, row, out=out)
-    return out
 
 
 def reference(case, P):

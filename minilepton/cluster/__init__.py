@@ -1,17 +1,20 @@
 """The simulated cluster: worker processes as nodes, supervised by one launcher.
 
 - ``launch(fn, world_size, args=(), backend="shm", ...)`` runs ``fn(comm, *args)`` on every
-  rank and returns the results in rank order (``launcher``); ``WorkerError`` names a failing
-  rank with its exception or signal and traceback.
+  rank and returns the results in rank order (``launcher``); ``WorkerError`` (``errors``) names
+  a failing rank with its exception or signal and traceback.
 - ``simulate``: link latency/bandwidth profiles and per-node speed factors.
-- ``worker``, ``logs``, ``blas``: what each worker sets up; ``mpi_launch``: the MPI backend's
-  launcher.
+- ``worker``, ``logs``, ``blas``: what each worker sets up.
+- ``mpi_launch`` (the job: payload, results, errors) and ``mpi_watch`` (mpiexec and its
+  ranks, watched and stopped): the MPI backend's launcher;
+  ``mpi_worker``: its rank side; ``mpi_direct``: programs started by mpiexec themselves.
 """
 
 from __future__ import annotations
 
 from . import simulate
-from .launcher import WorkerError, launch
+from .errors import WorkerError
+from .launcher import launch
 from .simulate import PROFILES, LinkModel
 
 __all__ = ["PROFILES", "LinkModel", "WorkerError", "launch", "simulate"]

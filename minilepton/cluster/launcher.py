@@ -26,24 +26,15 @@ import threading
 import time
 from multiprocessing.connection import wait as wait_ready
 
-from ..comm.arena import Arena, reap_orphans
 from ..comm.shm import ShmConfig
+from ..comm.shm.arena import Arena, reap_orphans
 from . import blas, logs, simulate
+from .errors import WorkerError
+from .mpi_launch import launch_mpi
 from .worker import WorkerSpec, worker_main
 
 STOP_GRACE_S = 2.0
 BACKENDS = ("shm", "mpi")
-
-
-class WorkerError(RuntimeError):
-    """A worker failed. ``rank`` (None when no single rank is to blame) and the message, which
-    carries the exception (or signal) and the worker's traceback."""
-
-    def __init__(self, rank, message: str):
-        self.rank = rank
-        self.message = message
-        who = "a worker" if rank is None else f"worker rank {rank}"
-        super().__init__(f"{who} failed: {message}")
 
 
 def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_method=None,
@@ -65,8 +56,6 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     ``mpi_launch.launch_mpi``).
     """
     if backend == "mpi":
-        from .mpi_launch import launch_mpi
-
         return launch_mpi(fn, world_size, args, timeout_s=timeout_s, start_method=start_method,
                           blas_threads=blas_threads, link=link, node_speeds=node_speeds,
                           log_dir=log_dir, env=env, **mpi_options)

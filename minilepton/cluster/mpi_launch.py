@@ -3,7 +3,7 @@
 ``launch(fn, P, args, backend="mpi")`` lands in ``launch_mpi``: it pickles ``(fn, args)`` to a
 temporary directory, runs ``mpiexec -n P python -m minilepton.cluster.mpi_worker PAYLOAD DIR``
 and collects each rank's pickled return value (``mpi_worker`` describes the files). The job is
-supervised like the shared-memory one:
+supervised like the shared-memory one (``mpi_watch`` runs and watches mpiexec):
 
 - a rank that raises aborts the whole MPI job; ``WorkerError(rank, message)`` names it, with the
   exception and its traceback;
@@ -19,34 +19,33 @@ supervised like the shared-memory one:
   stops the ranks, and the next launch removes the dead job's directory and MPI segments.
 
 Direct runs (``mpiexec -n 4 python -m minilepton train ...``) have no launcher process:
-``in_mpi_job()``, ``world_from_mpi()`` and ``run_direct(fn, args)`` (defined in ``mpi_worker``,
-the rank side, and importable from here) let the program run as one rank.
+``in_mpi_job()``, ``world_from_mpi()`` and ``run_direct(fn, args)`` (defined in ``mpi_direct``,
+and importable from here) let the program run as one rank.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
 import pickle
 import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from multiprocessing import spawn
 
 from . import blas, simulate
-from .mpi_worker import in_mpi_job, run_direct, world_from_mpi  # noqa: F401 - direct runs
+from .errors import WorkerError
+from .mpi_direct import in_mpi_job, run_direct, unlink_segments, world_from_mpi
+from .mpi_watch import rank_pids, run_mpiexec
 
-_STOP_GRACE_S = 3.0
+__all__ = ["find_mpiexec", "in_mpi_job", "launch_mpi", "run_direct", "world_from_mpi"]
+
 _JOB_PREFIX = "minilepton-mpi-"
-_PR_SET_PDEATHSIG = 1
-_POLL_S = 0.01  # how often the launcher looks at mpiexec and the ranks' processes
 
 
 def find_mpiexec() -> str | None:
@@ -67,20 +66,12 @@ def _is_hydra(mpiexec: str) -> bool:
     return "hydra" in (out.stdout + out.stderr).lower()
 
 
-def _worker_error(rank, message: str) -> Exception:
-    from . import launcher  # noqa: PLC0415 - the shm launcher owns the error type
-
-    return launcher.WorkerError(rank, message)
-
-
 def _preparation_data(fn) -> dict:
     """What a spawned child needs to import what the parent could (see multiprocessing.spawn).
 
     The launcher's ``__main__`` is re-imported in each rank (as the spawn start method does, so
     it needs an ``if __name__ == "__main__":`` guard) only when ``fn`` is defined there.
     """
-    from multiprocessing import spawn  # noqa: PLC0415
-
     prep = spawn.get_preparation_data("minilepton-mpi-worker")
     if getattr(fn, "__module__", None) != "__main__" or \
             not os.path.isfile(prep.get("init_main_from_path", "")):
@@ -130,7 +121,7 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         cmd = [mpiexec, *own_cleanup, "-n", str(world_size), sys.executable, "-m",
                "minilepton.cluster.mpi_worker", payload, job_dir]
         try:
-            returncode, tail, exited = _run(cmd, child_env, job_dir, job_timeout_s)
+            returncode, tail, exited = run_mpiexec(cmd, child_env, job_dir, job_timeout_s)
         finally:
             _unlink_job_segments(job_dir)
         return _collect(job_dir, world_size, returncode, tail, exited)
@@ -169,20 +160,8 @@ def _cmdlines():
             continue
 
 
-def _die_with_launcher() -> None:
-    """In mpiexec, before exec (Linux): SIGTERM when the launcher dies, so hydra stops the ranks."""
-    try:
-        import ctypes  # noqa: PLC0415
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _unlink_job_segments(job_dir) -> None:
     """Unlink the MPI library's /dev/shm segments that an aborted or killed job leaves."""
-    from .mpi_worker import unlink_segments  # noqa: PLC0415
-
     for name in os.listdir(job_dir):
         if name.endswith(".shm"):
             try:
@@ -190,160 +169,6 @@ def _unlink_job_segments(job_dir) -> None:
                     unlink_segments(f.read().split())
             except OSError:
                 continue
-
-
-def _run(cmd, env, job_dir, timeout_s):
-    """Run mpiexec, echo its output, keep its last lines and the order in which ranks exited;
-    stop everything on timeout or Ctrl-C."""
-    # preexec_fn only calls prctl (no locks), so it is safe with the pump threads running
-    die_with_launcher = _die_with_launcher if sys.platform == "linux" else None
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=die_with_launcher)  # noqa: PLW1509
-    tail = collections.deque(maxlen=40)
-    pumps = [threading.Thread(target=_pump, args=(stream, sink, tail), daemon=True)
-             for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
-    for pump in pumps:
-        pump.start()
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    watch = _ExitWatch(job_dir)
-    try:
-        while proc.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                _stop(proc, job_dir)
-                raise _worker_error(None, f"MPI job did not finish within {timeout_s:g} s; "
-                                          f"stopped all ranks")
-            watch.wait(_POLL_S)
-            if _died_silently(job_dir, watch.exited):  # the others go now (again each poll,
-                _kill_ranks(job_dir)  # for a rank still starting); mpiexec reports the first
-        watch.wait(0)
-    except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
-        _stop(proc, job_dir)
-        raise
-    finally:
-        watch.close()
-        for pump in pumps:
-            pump.join(timeout=_STOP_GRACE_S)
-    return proc.returncode, list(tail), watch.exited
-
-
-class _ExitWatch:
-    """The order in which the ranks' processes end, as sets of ranks seen ending together.
-
-    Where Linux has pidfds the kernel wakes the launcher the moment a rank ends, before mpiexec
-    has killed the others, so the rank that died first is told apart; elsewhere /proc is polled.
-    """
-
-    def __init__(self, job_dir):
-        self.job_dir, self.pids, self.fds, self.exited = job_dir, {}, {}, []
-        self.poller = select.poll() if hasattr(select, "poll") else None
-
-    def wait(self, timeout_s: float) -> None:
-        for rank, pid in _rank_pids(self.job_dir).items():
-            if rank not in self.pids:
-                self.pids[rank] = pid
-                self._open(rank, pid)
-                # the rank waits for this before it runs the job, so none ends unwatched
-                open(os.path.join(self.job_dir, f"rank{rank}.watched"), "w").close()
-        ready = set()
-        if self.fds:  # the pidfds that woke us: the ranks that ended first
-            ready = {self.fds[fd] for fd, _ in self.poller.poll(timeout_s * 1000)}
-        elif timeout_s > 0:
-            time.sleep(timeout_s)
-        seen = set().union(*self.exited)
-        watched = set(self.fds.values())
-        ended = ready | {rank for rank, pid in self.pids.items() if rank not in seen and
-                         rank not in watched and not _running(pid)}
-        if ended:
-            self.exited.append(ended)
-            for fd in [fd for fd, rank in self.fds.items() if rank in ended]:
-                self.poller.unregister(fd)
-                del self.fds[fd]
-                os.close(fd)
-
-    def _open(self, rank, pid) -> None:
-        if self.poller is None or not hasattr(os, "pidfd_open"):
-            return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:  # already gone (the check after polling sees it) or not supported
-            return
-        self.fds[fd] = rank
-        self.poller.register(fd, select.POLLIN)
-
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds.clear()
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _pump(stream, sink, tail):
-    for raw in iter(stream.readline, b""):
-        line = raw.decode(errors="replace")
-        tail.append(line)
-        try:
-            sink.write(line)
-            sink.flush()
-        except (ValueError, OSError):  # the sink was closed under us; keep draining
-            pass
-    stream.close()
-
-
-def _died_silently(job_dir, exited) -> bool:
-    """Has a rank's process ended without writing its result (killed by a signal)?"""
-    return any(not os.path.exists(os.path.join(job_dir, f"rank{rank}.pkl"))
-               for ended in exited for rank in ended)
-
-
-def _stop(proc, job_dir):
-    """SIGINT to mpiexec (hydra passes it to the ranks), then SIGKILL, then kill stragglers."""
-    for sig, wait_s in ((signal.SIGINT, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                pass
-    _kill_ranks(job_dir)
-
-
-def _kill_ranks(job_dir) -> None:
-    """SIGKILL every rank of this job still alive, by its process id."""
-    for pid in _rank_pids(job_dir).values():
-        if _is_our_worker(pid, job_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _rank_pids(job_dir) -> dict:
-    pids = {}
-    for name in os.listdir(job_dir):
-        match = re.fullmatch(r"rank(\d+)\.pid", name)
-        if match:
-            with open(os.path.join(job_dir, name)) as f:
-                pids[int(match.group(1))] = int(f.read())
-    return pids
-
-
-def _is_our_worker(pid: int, job_dir: str) -> bool:
-    """True if ``pid`` is still a worker of this job (guards against a reused process id)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return job_dir.encode() in f.read()
-    except OSError:
-        return False
 
 
 def _collect(job_dir, world_size, returncode, tail, exited):
@@ -357,10 +182,10 @@ def _collect(job_dir, world_size, returncode, tail, exited):
     errors = [(rec[1], rank, rec) for rank, rec in records.items() if rec[0] == "error"]
     if errors:
         _, rank, (_, _, summary, trace) = min(errors)
-        raise _worker_error(rank, f"{summary}\n{trace}")
+        raise WorkerError(rank, f"{summary}\n{trace}")
     if returncode != 0 or len(records) < world_size:
         silent = next((ended - set(records) for ended in exited if ended - set(records)), set())
-        raise _worker_error(*_explain_exit(job_dir, returncode, tail, silent))
+        raise WorkerError(*_explain_exit(job_dir, returncode, tail, silent))
     return [records[rank][1] for rank in range(world_size)]
 
 
@@ -370,7 +195,7 @@ def _explain_exit(job_dir, returncode, tail, silent):
     text = "".join(tail)
     pid = re.search(r"PID (\d+) RUNNING AT", text)
     exit_string = re.search(r"EXIT STRING: (.+)", text)
-    pids = {pid: rank for rank, pid in _rank_pids(job_dir).items()}
+    pids = {pid: rank for rank, pid in rank_pids(job_dir).items()}
     named = pids.get(int(pid.group(1))) if pid else None
     rank = named if named in silent or not silent else min(silent)
     cause = exit_string.group(1).strip() if exit_string else f"mpiexec exit status {returncode}"

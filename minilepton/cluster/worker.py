@@ -14,8 +14,7 @@ import signal
 import traceback
 from dataclasses import dataclass, field
 
-from ..comm.arena import Arena
-from ..comm.shm import ShmConfig, world_communicator
+from ..comm.shm import Arena, ShmConfig, world_communicator
 from . import blas, logs, simulate
 
 _PR_SET_PDEATHSIG = 1

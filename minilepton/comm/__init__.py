@@ -1,17 +1,19 @@
 """How workers talk: the ``Communicator`` protocol and its backends.
 
-- ``base``: the protocol, ``CommError``, counters (``stats``) and timeline ``hooks``.
-- ``shm``: the shared-memory backend (the default): ``ShmCommunicator`` over one job's
-  ``arena``; its collectives in ``shm_collectives`` and ``ring``, its waiting in ``shm_sync``,
-  its point-to-point queues in ``shm_channels``, its sizes in ``shm_config``.
-- ``mpi``: the same protocol on mpi4py (imported on demand: it initialises MPI).
+- ``base``: the protocol, ``CommError``, the counters (``stats``) and timeline ``hooks``;
+- ``fold``: the fixed reduction orders every backend follows (rank order, ring order);
+- ``shm/``: the shared-memory backend (the default), ``ShmCommunicator`` over one job's arena:
+  reference algorithms, fast paths beside them, and the table that picks one per call;
+- ``mpi/``: the same protocol on mpi4py (mpi4py is imported, and MPI initialised, only when a
+  communicator is made);
+- ``local``: ``LocalComm``, the communicator of a job of one process;
+- ``device_staging``: collectives on GPU arrays, staged through host memory.
 """
 
 from __future__ import annotations
 
-from .arena import Arena, ArenaFullError
 from .base import OPS, CommError, CommStats, Communicator
-from .shm import ShmCommunicator, ShmConfig
+from .shm import Arena, ArenaFullError, ShmCommunicator, ShmConfig
 
 __all__ = ["OPS", "Arena", "ArenaFullError", "CommError", "CommStats", "Communicator",
            "ShmCommunicator", "ShmConfig"]

@@ -20,12 +20,25 @@ after run. ``sum``, ``mean`` (sum then divide by P) and ``max`` are supported.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 OPS = ("sum", "mean", "max")
+
+yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))  # let a peer on this core run
+
+
+def timeout_default() -> float:
+    """Seconds a collective waits for its peers: ``MINILEPTON_COMM_TIMEOUT_S`` or 60."""
+    return float(os.environ.get("MINILEPTON_COMM_TIMEOUT_S", "60"))
+
+
+def verbose_default() -> bool:
+    """``MINILEPTON_VERBOSE=1``: every backend logs each operation with its size and path."""
+    return os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0")
 
 
 class CommError(RuntimeError):
@@ -34,7 +47,10 @@ class CommError(RuntimeError):
 
 @dataclass
 class CommStats:
-    """What one rank moved: bytes and messages it sent, per operation name, and time spent."""
+    """What one rank moved: bytes and messages it sent, per operation name, and time spent.
+
+    ``record`` is the one way in: every collective of every backend, fast path or not,
+    counts itself through it (most through ``Communicator._timed``)."""
 
     bytes_sent: int = 0
     messages_sent: int = 0
@@ -42,10 +58,12 @@ class CommStats:
     seconds: dict = field(default_factory=dict)  # op name -> wall seconds inside the op
 
     def record(self, op: str, nbytes: int, messages: int, seconds: float) -> None:
+        """One operation ``op`` sent ``nbytes`` in ``messages`` and took ``seconds``."""
         self.bytes_sent += int(nbytes)
         self.messages_sent += int(messages)
-        self.calls[op] = self.calls.get(op, 0) + 1
-        self.seconds[op] = self.seconds.get(op, 0.0) + seconds
+        calls, secs = self.calls, self.seconds
+        calls[op] = calls.get(op, 0) + 1
+        secs[op] = secs.get(op, 0.0) + seconds
 
     def reset(self) -> None:
         self.bytes_sent = 0
@@ -62,7 +80,8 @@ class Communicator:
     """Base class: rank, world size, counters, timeline hooks, and argument checks.
 
     Backends implement the collectives; they call ``self._timed(op, nbytes, messages)`` as a
-    context manager around each one so that counters and the timeline see every message.
+    context manager around each one so that counters and the timeline see every message (a
+    path that skips it, when no hook or link is watching, calls ``stats.record`` itself).
     ``hooks`` is a list of callables ``hook(event, op, rank, t_s, nbytes)`` with ``event`` in
     ``{"start", "end"}``; the tracer (``minilepton.trace``) registers one.
     """
@@ -97,6 +116,11 @@ class Communicator:
         if not x.flags.c_contiguous:
             raise ValueError(f"{what} needs a C-contiguous array (use np.ascontiguousarray)")
         return x
+
+    @staticmethod
+    def check_mean_dtype(x, op: str) -> None:
+        if op == "mean" and x.dtype.kind != "f":
+            raise ValueError(f"op='mean' needs a floating array, not {x.dtype}")
 
     def check_peer(self, peer: int, what: str) -> int:
         if not 0 <= int(peer) < self.world_size:

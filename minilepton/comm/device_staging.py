@@ -13,8 +13,9 @@ straight through, uncopied. Host buffers are kept per (dtype, element count) and
 arena ones are allocated collectively (every rank of the group calls ``comm.zeros`` in the same
 order, which holds because every rank makes the same collectives); point-to-point copies use
 private buffers instead, since only two ranks take part, and rely on the wrapped ``send``
-returning only once its buffer may be reused (a blocking send, as in both backends). A direct NCCL path would skip both copies; this staged path works on any
-number of GPUs, including several workers sharing one.
+returning only once its buffer may be reused (a blocking send, as in both backends). A direct
+NCCL path would skip both copies; this staged path works on any number of GPUs, including
+several workers sharing one.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from .arena import ArenaFullError
 from .base import Communicator
+from .shm.arena import ArenaFullError
 
 
 @dataclass
@@ -39,6 +40,12 @@ class StagingStats:
     h2d_copies: int = 0
     h2d_bytes: int = 0
     h2d_seconds: float = 0.0
+
+    def record(self, direction: str, nbytes: int, seconds: float) -> None:
+        """One copy ``direction`` (``"d2h"`` or ``"h2d"``) of ``nbytes`` took ``seconds``."""
+        setattr(self, f"{direction}_copies", getattr(self, f"{direction}_copies") + 1)
+        setattr(self, f"{direction}_bytes", getattr(self, f"{direction}_bytes") + int(nbytes))
+        setattr(self, f"{direction}_seconds", getattr(self, f"{direction}_seconds") + seconds)
 
     def reset(self) -> None:
         self.__init__()
@@ -96,9 +103,7 @@ class DeviceStagingComm(Communicator):
         x.get(out=host)
         t1 = time.perf_counter()
         self._fire("end", "stage_d2h", t1, x.nbytes)
-        s = self.staging
-        s.d2h_copies, s.d2h_bytes, s.d2h_seconds = (s.d2h_copies + 1, s.d2h_bytes + x.nbytes,
-                                                    s.d2h_seconds + t1 - t0)
+        self.staging.record("d2h", x.nbytes, t1 - t0)
         return host
 
     def _to_device(self, host: np.ndarray, out=None):
@@ -112,9 +117,7 @@ class DeviceStagingComm(Communicator):
         backend.synchronize()
         t1 = time.perf_counter()
         self._fire("end", "stage_h2d", t1, host.nbytes)
-        s = self.staging
-        s.h2d_copies, s.h2d_bytes, s.h2d_seconds = (s.h2d_copies + 1, s.h2d_bytes + host.nbytes,
-                                                    s.h2d_seconds + t1 - t0)
+        self.staging.record("h2d", host.nbytes, t1 - t0)
         return out
 
     @staticmethod

@@ -21,24 +21,15 @@ counter" visible in that order to the reader.
 
 from __future__ import annotations
 
-import os
 import time
 
-from .base import CommError
+from ..base import CommError, yield_core
 
 LINE = 8            # int64 slots per 64-byte cache line
 SPIN_S_DEDICATED = 200e-6  # spin this long when every worker has its own core
 SPIN_S_SHARED = 3e-6       # ... and this long when workers outnumber the cores
-SPIN_POLLS = 64     # polls between looks at the clock in other backends' waits
 YIELD_S = 1e-3      # then yield the core until this long has passed, then sleep
 MAX_SLEEP_S = 200e-6  # sleeps grow from 10 µs to this (a late wake-up costs latency)
-
-_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
-
-
-def timeout_default() -> float:
-    """Seconds a collective waits for its peers: ``MINILEPTON_COMM_TIMEOUT_S`` or 60."""
-    return float(os.environ.get("MINILEPTON_COMM_TIMEOUT_S", "60"))
 
 
 def spin_default(world_size: int, cores: int) -> float:
@@ -59,34 +50,21 @@ def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=Non
             break
     else:
         return
-    polls = 0
-    t_start = time.monotonic()
-    sleep_s = 1e-5
-    while True:
+
+    def arrived():
         for i in indices:
             if ctr[i] < target:
-                break
-        else:
-            return
-        polls += 1
-        if polls & 15:
-            continue
-        now = time.monotonic()
-        if now - t_start < spin_s:
-            continue
-        if now - t_start < YIELD_S:
-            _yield()
-            continue
-        if now - t_start > timeout_s:
-            missing = [i // LINE for i in indices if ctr[i] < target]
-            if members is not None:
-                missing = [members[r] for r in missing]
-            desc = what() if callable(what) else what
-            raise CommError(f"{desc}: rank(s) {missing} did not arrive within {timeout_s:g} s "
-                            "(stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S if they are "
-                            "just slow")
-        time.sleep(sleep_s)
-        sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
+                return False
+        return True
+
+    def stalled():
+        missing = [i // LINE for i in indices if ctr[i] < target]
+        if members is not None:
+            missing = [members[r] for r in missing]
+        return (f"{_text(what)}: rank(s) {missing} did not arrive within {timeout_s:g} s "
+                "(stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S if they are just slow")
+
+    _poll(arrived, timeout_s, spin_s, stalled)
 
 
 def wait_value(read, target: int, timeout_s: float, what,
@@ -95,21 +73,31 @@ def wait_value(read, target: int, timeout_s: float, what,
     timeout. ``what`` describes the wait for the error message."""
     if read() >= target:
         return
+    _poll(lambda: read() >= target, timeout_s, spin_s,
+          lambda: f"{_text(what)} within {timeout_s:g} s (peer stalled or dead)")
+
+
+def _poll(ready, timeout_s: float, spin_s: float, stalled) -> None:
+    """Call ``ready()`` until it is true: spin for ``spin_s``, then yield the core until
+    ``YIELD_S``, then sleep in growing steps; after ``timeout_s``, CommError(``stalled()``)."""
     polls = 0
     t_start = time.monotonic()
     sleep_s = 1e-5
-    while read() < target:
+    while not ready():
         polls += 1
         if polls & 15:
             continue
-        now = time.monotonic()
-        if now - t_start < spin_s:
+        waited_s = time.monotonic() - t_start
+        if waited_s < spin_s:
             continue
-        if now - t_start < YIELD_S:
-            _yield()
+        if waited_s < YIELD_S:
+            yield_core()
             continue
-        if now - t_start > timeout_s:
-            desc = what() if callable(what) else what
-            raise CommError(f"{desc} within {timeout_s:g} s (peer stalled or dead)")
+        if waited_s > timeout_s:
+            raise CommError(stalled())
         time.sleep(sleep_s)
         sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
+
+
+def _text(what) -> str:
+    return what() if callable(what) else what

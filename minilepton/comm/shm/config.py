@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..backend import cpu_count
+from ...backend import cpu_count
+from ..base import timeout_default
 from .arena import _round_up
-from .shm_channels import Channels
-from .shm_sync import spin_default, timeout_default
+from .channels import Channels
+from .sync import spin_default
 
 
 @dataclass

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CommError
-from .shm_sync import LINE, wait_value
+from ..base import CommError
+from .sync import LINE, wait_value
 
 META_BYTES = 64      # per slot: total message bytes, piece bytes
 HEADER_BYTES = 128   # head on one cache line, tail on the next

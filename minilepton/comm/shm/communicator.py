@@ -1,39 +1,33 @@
 """The shared-memory communicator: a group of ranks, its control block in the arena, and the
-operations that are not reductions (barrier, send/recv, split, zeros).
+operations that move no reduction (barrier, send/recv, split, zeros); the collectives go
+through ``dispatch``.
 
 A group's control block (allocated once, when the group is made) holds, in order:
 
-- one step counter per rank, each on its own cache line (see ``shm_sync``);
+- one step counter per rank, each on its own cache line (see ``sync``);
 - an exchange area, 2 × P lines of int64, for small values (``split``'s colors, offsets);
 - the staging ring, ``stage_depth`` × P slots of ``stage_bytes``: a private array taking part
   in a collective goes through it in cache-sized chunks;
-- the P × P point-to-point channels (``shm_channels``).
+- the P × P point-to-point channels (``channels``).
 
 Every operation is a sequence of steps; step s uses buffers ``s % depth`` and ends with all
-ranks having arrived at s, so buffers are reused without extra handshakes. The reductions
-live in ``shm_collectives`` (the shared-memory algorithms) and ``ring`` (the ring).
+ranks having arrived at s, so buffers are reused without extra handshakes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
-from . import shm_collectives
+from ..base import CommError, Communicator, verbose_default
+from . import dispatch
 from .arena import ALIGN_BYTES, ArenaFullError, _round_up
-from .base import CommError, Communicator
-from .shm_channels import Channels
-from .shm_config import ShmConfig
-from .shm_sync import LINE, wait_counters
+from .channels import Channels
+from .config import ShmConfig
+from .sync import LINE, wait_counters
 
 log = logging.getLogger(__name__)
-_SMALL_OPS = ("sum", "mean", "max")
-
-
-def verbose_default() -> bool:
-    return os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0")
 
 
 class ShmCommunicator(Communicator):
@@ -64,11 +58,10 @@ class ShmCommunicator(Communicator):
         self._step = 0
         self._xchg = arena.view(self.offset + P * 64, (2, P, LINE), np.int64)
         stage_off = self.offset + _round_up(P * 64 * 3)
-        self._stage_off = stage_off
         self._stage_raw = arena.view(stage_off, (cfg.stage_depth, P, cfg.stage_bytes), np.uint8)
         self._stage_typed = {}
         self._slot_lists = {}
-        self._small_bytes = cfg.stage_bytes
+        self._small_bytes = cfg.stage_bytes  # a private array this small: one staging step
         chan_off = stage_off + _round_up(cfg.stage_depth * P * cfg.stage_bytes)
         self.channels = Channels(arena, chan_off, P, rank, cfg.channel_slots,
                                  cfg.channel_chunk_bytes, cfg.timeout_s, self.members,
@@ -82,10 +75,6 @@ class ShmCommunicator(Communicator):
         self._step = s
         self._ctr[self._me] = s
         return s
-
-    def _wait(self, s: int, what: str) -> None:
-        wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members,
-                      self.spin_s)
 
     def _sync(self, what: str) -> int:
         s = self._post()
@@ -112,7 +101,7 @@ class ShmCommunicator(Communicator):
 
     def slots(self, dtype):
         """The same ring as nested lists ``[step % depth][rank]`` of 1-D arrays (cheaper to
-        slice in the small-message path than the 3-D view)."""
+        slice, chunk after chunk, than the 3-D view)."""
         got = self._slot_lists.get(dtype)
         if got is None:
             st = self.stage(dtype)
@@ -151,6 +140,11 @@ class ShmCommunicator(Communicator):
         arr = self.arena.view(off + self.rank * slot, shape, dt)
         self._owners[id(arr)] = (arr, off, slot)
         return arr
+
+    def in_arena(self, flat: np.ndarray) -> bool:
+        """Is ``flat`` an arena array of this group, or a view of one (see ``peers_of``)?"""
+        base = flat.base
+        return (base is not None and id(base) in self._owners) or id(flat) in self._owners
 
     def peers_of(self, flat: np.ndarray):
         """For an arena array of this group (or a contiguous view of one): every rank's matching
@@ -232,35 +226,16 @@ class ShmCommunicator(Communicator):
             self.channels.recv(x.reshape(-1), src)
         return x
 
-    # ---- reductions (shm_collectives / ring)
-    def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
-        # The latency path (a small private array, nothing watching): one staging step with no
-        # context manager; any other case, and every check, goes through shm_collectives.
-        if (algorithm is None and type(x) is np.ndarray and not self.hooks and self.link is None
-                and not self.verbose and x.nbytes <= self._small_bytes and op in _SMALL_OPS
-                and (self.world_size <= 2 or x.nbytes <= self.config.split_min_bytes)
-                and self.world_size > 1 and x.flags.c_contiguous and x.dtype.kind == "f"
-                and (x.nbytes <= self.arena_min_bytes or not self._owners
-                     or self.peers_of(x) is None)):
-            return shm_collectives.allreduce_small(self, x, op)
-        return shm_collectives.allreduce(self, x, op, algorithm)
-
-    def reduce_scatter(self, x, op: str = "sum"):
-        return shm_collectives.reduce_scatter(self, x, op)
-
-    def allgather(self, x):
-        return shm_collectives.allgather(self, x)
-
-    def broadcast(self, x, root: int = 0):
-        return shm_collectives.broadcast(self, x, root)
+    # ---- the collectives are ``dispatch``'s functions (``self`` is their ``comm``): they check
+    # the call, count it, and pick its algorithm from one table
+    allreduce = dispatch.allreduce
+    reduce_scatter = dispatch.reduce_scatter
+    allgather = dispatch.allgather
+    broadcast = dispatch.broadcast
 
     def close(self) -> None:
         self._peer_cache.clear()
         self._stage_typed.clear()
-
-    def check_mean_dtype(self, x, op):
-        if op == "mean" and x.dtype.kind != "f":
-            raise ValueError(f"op='mean' needs a floating array, not {x.dtype}")
 
 
 def world_communicator(arena, rank, world_size, offset, config=None, link=None):

@@ -1,0 +1,79 @@
+"""What the all-reduce benchmark runs on the ranks: timed loops of one all-reduce per call.
+
+Each job warms up, agrees with its peers on a number of calls per (path, size) (about
+``target_ms`` of work, the largest wish of any rank), then times ``repeats`` rounds that cycle
+over sizes and paths: {(path, bytes): [seconds per call, ...]}.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _time(allreduce, x, calls: int, barrier) -> float:
+    barrier()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        allreduce(x)
+    barrier()
+    return (time.perf_counter() - t0) / calls
+
+
+def _arrays(comm, sizes, paths):
+    """One buffer per path, of the largest size; each size times a prefix of it."""
+    n = max(sizes) // 4
+    return {p: (comm.zeros((n,), np.float32) if p == "arena" else np.zeros(n, np.float32))
+            for p in paths}
+
+
+def minilepton_job(comm, sizes, paths, algorithm, repeats, target_ms):
+    """{(path, bytes): [seconds per call, ...]} for ``comm.allreduce(x, algorithm=...)``."""
+    buffers = _arrays(comm, sizes, paths)
+
+    def allreduce(x):
+        return comm.allreduce(x, algorithm=algorithm)
+
+    return _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, comm.barrier)
+
+
+def raw_mpi_job(comm, sizes, repeats, target_ms):
+    """The baseline: mpi4py's blocking ``Allreduce`` on a NumPy array, nothing of ours."""
+    from mpi4py import MPI  # noqa: PLC0415 - optional dependency; runs under mpiexec only
+
+    world = comm.comm
+    buffers = {"private": np.zeros(max(sizes) // 4, np.float32)}
+
+    def allreduce(x):
+        return world.Allreduce(MPI.IN_PLACE, x, op=MPI.SUM)
+
+    times = _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, world.Barrier)
+    return times, MPI.Get_library_version().splitlines()[0].strip()
+
+
+def _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, barrier):
+    """Warm up, agree on a number of calls per (path, size), then time the repeats, cycling
+    over sizes and paths."""
+    for x in buffers.values():  # page faults, scratch buffers
+        allreduce(x[:max(sizes) // 4])
+    calls = {}
+    for nbytes in sizes:
+        for path, buf in buffers.items():
+            t = _time(allreduce, buf[:nbytes // 4], 2, barrier)
+            calls[(path, nbytes)] = _agreed_calls(comm, target_ms * 1e-3 / max(t, 1e-7))
+    times: dict = {}
+    for _ in range(repeats):
+        for nbytes in sizes:
+            for path, buf in buffers.items():
+                t = _time(allreduce, buf[:nbytes // 4], calls[(path, nbytes)], barrier)
+                times.setdefault((path, nbytes), []).append(t)
+    return times
+
+
+def _agreed_calls(comm, wanted: float) -> int:
+    """The largest wish over the ranks, between 3 and 3000 (every rank must make the same
+    number of calls)."""
+    x = np.array([min(max(wanted, 3.0), 3000.0)])
+    comm.allreduce(x, op="max")
+    return int(x[0])
