@@ -129,6 +129,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="K micro-steps per optimizer step, gradients summed locally")
     g.add_argument("--memory-report", action="store_true",
                    help="print the bytes each rank held, by kind, after training")
+    g = p.add_argument_group("fault tolerance")
+    g.add_argument("--max-restarts", type=int, default=d["max_restarts"], metavar="N",
+                   help="restart a failed job from its newest checkpoint up to N times")
+    g.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS training steps (default: epoch ends only)")
+    g.add_argument("--min-workers", type=int, metavar="M",
+                   help="data parallel: after a worker fails twice, restart with one worker "
+                   "fewer, down to M (default: always the full count)")
+    g.add_argument("--fault", action="append", default=[], metavar="KIND:rank=R:step=S",
+                   help="inject a failure (raise, kill, stall, slow) into rank R after step S; "
+                   "repeatable; each fires once per run")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,7 +76,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(small, tmp_path):
     train(quiet(epochs=3, save=str(tmp_path / "full.npz")), arrays=small)
     ck = str(tmp_path / "ck")
     first = train(quiet(epochs=1, checkpoint_dir=ck), arrays=small)
-    assert list_checkpoints(ck) == [1]
+    assert list_checkpoints(ck) == [(1, 0)]
     resumed = train(quiet(epochs=3, checkpoint_dir=ck, resume=True,
                           save=str(tmp_path / "resumed.npz")), arrays=small)
     full, res = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
@@ -85,7 +85,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(small, tmp_path):
         assert np.array_equal(full[name], res[name]), name
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
     assert resumed["epochs"][0] == first["epochs"][0]  # history carried by the checkpoint
-    assert list_checkpoints(ck) == [2, 3]  # the newest two are kept
+    assert list_checkpoints(ck) == [(2, 0), (3, 0)]  # the newest two are kept
 
 
 def test_resume_of_a_finished_run_trains_nothing(small, tmp_path):
@@ -205,27 +205,29 @@ def test_checkpoint_round_trip_keeps_types_and_bits(tmp_path):
                            "betas": (0.9, 0.999), "name": "Adam", "none": None, "flag": True}}
     path = save_checkpoint(tmp_path, 4, state, {"note": "x"})
     epoch, loaded, meta = load_checkpoint(path)
-    assert epoch == 4 and meta == {"note": "x"}
+    assert epoch == 4 and meta == {"note": "x", "step": 0}
     assert np.array_equal(loaded["model"]["w"], state["model"]["w"])
     assert loaded["optimizer"]["state"][0]["step"] == 7
     assert loaded["optimizer"]["lr"] == 0.1 + 0.2 and loaded["optimizer"]["betas"] == (0.9, 0.999)
     assert loaded["optimizer"]["none"] is None and loaded["optimizer"]["flag"] is True
-    assert latest_checkpoint(tmp_path) == path and latest_checkpoint(tmp_path, rank=0) is None
-    save_checkpoint(tmp_path, 4, state, {}, rank=1)
-    assert list_checkpoints(tmp_path, rank=1) == [4] and list_checkpoints(tmp_path) == [4]
-    assert sorted(os.listdir(tmp_path)) == ["epoch_0004.npz", "epoch_0004.rank01.npz"]
+    assert latest_checkpoint(tmp_path) == path and meta["step"] == 0
+    save_checkpoint(tmp_path, 4, state, {}, step=30)
+    save_checkpoint(tmp_path, 5, state, {})  # keeps the newest two
+    assert list_checkpoints(tmp_path) == [(4, 30), (5, 0)]
+    assert sorted(os.listdir(tmp_path)) == ["epoch_0004.step_000030.npz", "epoch_0005.npz"]
 
 
-def test_a_corrupt_checkpoint_is_a_value_error(tmp_path):
+def test_a_damaged_checkpoint_is_a_value_error_naming_the_file(tmp_path):
     (tmp_path / "epoch_0001.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*epoch_0001.npz: not a checkpoint"):
         load_checkpoint(tmp_path / "epoch_0001.npz")
+    (tmp_path / "epoch_0002.npz").write_bytes(b"PK\x03\x04 but torn")
+    with pytest.raises(ValueError, match="epoch_0002.npz"):
+        load_checkpoint(tmp_path / "epoch_0002.npz")
 
 
 class Shard(SingleProcess):
-    """One rank's shard of the state (as in tensor / pipeline parallelism), simulated in-process."""
-
-    replicated_state = False
+    """Rank ``rank`` of a job, simulated in-process (only the main rank writes)."""
 
     def __init__(self, cfg, rank):
         model = build_model(cfg)
@@ -233,23 +235,22 @@ class Shard(SingleProcess):
         self.rank, self.is_main = rank, rank == 0
 
 
-def test_sharded_state_is_checkpointed_per_rank_and_resumed_together(small, tmp_path):
-    cfg = quiet(epochs=2, dp=2, checkpoint_dir=str(tmp_path))
-    for rank in (0, 1):
-        fit(Shard(cfg, rank), *small, cfg)
-    assert sorted(os.listdir(tmp_path)) == ["epoch_0001.rank00.npz", "epoch_0001.rank01.npz",
-                                            "epoch_0002.rank00.npz", "epoch_0002.rank01.npz"]
-    os.unlink(tmp_path / "epoch_0002.rank01.npz")  # the job stopped between the ranks' writes
-    resumed = quiet(epochs=3, dp=2, checkpoint_dir=str(tmp_path), resume=True)
-    shards = [Shard(resumed, rank) for rank in (0, 1)]
-    for shard in shards:  # both ranks pick epoch 1, the newest that both saved
-        assert resume(shard, resumed, lambda line: None)[0] == 1
-    metrics = fit(Shard(resumed, 1), *small, resumed)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(small, tmp_path):
+    cfg = quiet(epochs=2, checkpoint_dir=str(tmp_path))
+    fit(Shard(cfg, 0), *small, cfg)
+    (tmp_path / ".epoch_0003.npz.tmp-x1y2").write_bytes(b"a save killed half way")
+    (tmp_path / "epoch_0002.npz").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # torn
+    resumed = quiet(epochs=3, checkpoint_dir=str(tmp_path), resume=True)
+    lines = []
+    epoch, step, history, _ = resume(Shard(resumed, 0), resumed, lines.append)
+    assert (epoch, step, len(history)) == (1, 0, 1)
+    assert "epoch_0002.npz" in lines[0] and "trying the one before" in lines[0]
+    metrics = fit(Shard(resumed, 0), *small, resumed)
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
-    assert list_checkpoints(tmp_path, rank=1) == [2, 3] and list_checkpoints(tmp_path) == []
-    other_grid = quiet(epochs=4, checkpoint_dir=str(tmp_path), resume=True)
-    with pytest.raises(ValueError, match="world_size"):
-        fit(Shard(other_grid, 0), *small, other_grid)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_0002.npz", "epoch_0003.npz"]  # no leftovers
+    other_model = quiet(epochs=4, hidden=(32,), checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match="hidden"):
+        fit(Shard(other_model, 0), *small, other_model)
 
 
 def test_progress_bar_only_on_a_terminal_for_long_epochs(monkeypatch):

@@ -6,8 +6,11 @@ each array goes, so loading a checkpoint can never run code. Files are written a
 (``minilepton.files.atomic_write``: a fresh temporary file in the same directory, then
 ``os.replace``): a run killed mid-write leaves the previous checkpoint intact, never a torn one.
 
-Names: ``epoch_0003.npz`` for state every rank holds a copy of (one process, data parallel),
-``epoch_0003.rank01.npz`` for state sharded across ranks (tensor / pipeline parallel).
+The state is the strategy's *full* state (``parallel.state``): whole tensors by parameter name,
+so a checkpoint written on one layout resumes on any other. Names say where the run stood:
+``epoch_0003.npz`` after 3 epochs, ``epoch_0003.step_000050.npz`` 50 steps into the 4th. A
+damaged newest file is reported by name and the one before it is used; the temporary files of
+a save that was killed are removed by the next save.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import zipfile
 
 import numpy as np
 
 from .. import backend
 from ..files import atomic_write
 
-_NAME = re.compile(r"^epoch_(\d{4,})(?:\.rank(\d+))?\.npz$")
+_NAME = re.compile(r"^epoch_(\d{4,})(?:\.step_(\d{6,}))?\.npz$")
+_LEFTOVER = re.compile(r"^\.epoch_\d{4,}(?:\.step_\d{6,})?\.npz\.tmp-")
 _TREE_KEY = "__tree__"
 
 
@@ -59,111 +65,115 @@ def _unflatten(node, arrays):
     return value
 
 
-def checkpoint_name(epoch: int, rank: int | None = None) -> str:
-    """``epoch_0003.npz``, or ``epoch_0003.rank01.npz`` for one rank's shard."""
-    return f"epoch_{epoch:04d}.npz" if rank is None else f"epoch_{epoch:04d}.rank{rank:02d}.npz"
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """``epoch_0003.npz`` (3 epochs done) or ``epoch_0003.step_000050.npz`` (and 50 steps)."""
+    return f"epoch_{epoch:04d}.npz" if not step else f"epoch_{epoch:04d}.step_{step:06d}.npz"
 
 
-def save_checkpoint(directory, epoch: int, state: dict, meta: dict,
-                    rank: int | None = None, keep: int = 2) -> str:
+def save_checkpoint(directory, epoch: int, state: dict, meta: dict, step: int = 0,
+                    keep: int = 2) -> str:
     """Write ``state`` (arrays and numbers) and ``meta`` (JSON-able) atomically; return the path.
 
-    Keeps the newest ``keep`` checkpoints of this rank and deletes older ones.
+    Keeps the newest ``keep`` checkpoints and deletes older ones and leftover temporary files.
     """
     os.makedirs(directory, exist_ok=True)
+    _remove_leftovers(directory)
     arrays: list = []
-    tree = {"state": _flatten(state, arrays), "meta": meta, "epoch": int(epoch)}
+    tree = {"state": _flatten(state, arrays), "meta": meta, "epoch": int(epoch),
+            "step": int(step)}
     payload = {f"a{i}": a for i, a in enumerate(arrays)}
     payload[_TREE_KEY] = np.frombuffer(json.dumps(tree).encode(), dtype=np.uint8)
-    path = atomic_write(os.path.join(directory, checkpoint_name(epoch, rank)),
+    path = atomic_write(os.path.join(directory, checkpoint_name(epoch, step)),
                         lambda f: np.savez(f, **payload))
-    for old_epoch in sorted(list_checkpoints(directory, rank))[:-keep] if keep else []:
-        os.unlink(os.path.join(directory, checkpoint_name(old_epoch, rank)))
+    for old in list_checkpoints(directory)[:-keep] if keep else []:
+        os.unlink(os.path.join(directory, checkpoint_name(*old)))
     return path
 
 
-def list_checkpoints(directory, rank: int | None = None) -> list[int]:
-    """Epochs that have a checkpoint for ``rank`` (None: the replicated files) in ``directory``."""
+def _remove_leftovers(directory) -> None:
+    """Temporary files of an earlier save that was killed: ours, regular, this user's."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _LEFTOVER.match(name):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                os.unlink(path)
+
+
+def list_checkpoints(directory) -> list[tuple[int, int]]:
+    """``(epoch, step)`` of every checkpoint in ``directory``, oldest first."""
     if not os.path.isdir(directory):
         return []
-    epochs = []
-    for name in os.listdir(directory):
-        m = _NAME.match(name)
-        if m and (m.group(2) is None if rank is None else m.group(2) is not None
-                  and int(m.group(2)) == rank):
-            epochs.append(int(m.group(1)))
-    return sorted(epochs)
+    found = [_NAME.match(name) for name in os.listdir(directory)]
+    return sorted((int(m.group(1)), int(m.group(2) or 0)) for m in found if m)
 
 
-def latest_checkpoint(directory, rank: int | None = None) -> str | None:
-    """Path of the newest checkpoint of ``rank`` in ``directory``, or None."""
-    epochs = list_checkpoints(directory, rank)
-    return os.path.join(directory, checkpoint_name(epochs[-1], rank)) if epochs else None
+def latest_checkpoint(directory) -> str | None:
+    """Path of the newest checkpoint in ``directory``, or None."""
+    found = list_checkpoints(directory)
+    return os.path.join(directory, checkpoint_name(*found[-1])) if found else None
 
 
 def load_checkpoint(path) -> tuple[int, dict, dict]:
-    """``(epoch, state, meta)`` from a file written by ``save_checkpoint``."""
+    """``(epoch, state, meta)`` from a file written by ``save_checkpoint`` (``meta["step"]``
+    holds the step); ``ValueError`` naming the file if it is damaged or not a checkpoint."""
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError("not a checkpoint (a checkpoint is a .npz, a zip file)")
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         tree = json.loads(arrays.pop(_TREE_KEY).tobytes().decode())
-        return tree["epoch"], _unflatten(tree["state"], arrays), tree["meta"]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+        meta = dict(tree["meta"], step=tree.get("step", 0))
+        return tree["epoch"], _unflatten(tree["state"], arrays), meta
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
 
 
 # ---- what the training loop saves and resumes
-def _checkpoint_rank(strategy):
-    """None when every rank holds the whole state (one file), else this rank (one file each)."""
-    return None if strategy.replicated_state else strategy.rank
+def identity_key(cfg) -> dict:
+    """What a checkpoint must agree with to be resumed: the model, its optimizer and the batch
+    order. The layout (workers, dp, tp, pp) may change: the state is whole tensors."""
+    return {"dataset": cfg.dataset, "hidden": list(cfg.hidden), "optimizer": cfg.optimizer,
+            "dtype": cfg.dtype, "batch_size": cfg.batch_size, "seed": cfg.seed}
 
 
-def layout_key(cfg, strategy) -> dict:
-    """Settings a checkpoint must agree with to be resumed (the rest may change).
-
-    A replicated state (one process, data parallel) resumes on any number of workers; a
-    sharded one (tensor / pipeline parallel) only on the same rank grid.
-    """
-    key = {"dataset": cfg.dataset, "hidden": list(cfg.hidden), "optimizer": cfg.optimizer,
-           "dtype": cfg.dtype, "batch_size": cfg.batch_size, "seed": cfg.seed}
-    if _checkpoint_rank(strategy) is not None:
-        key.update(world_size=cfg.world_size, dp=cfg.dp, tp=cfg.tp, pp=cfg.pp)
-    return key
+def save_position(strategy, cfg, epoch: int, step: int, history: list, partial) -> None:
+    """Checkpoint after ``epoch`` epochs and ``step`` steps (a collective; the main rank
+    writes). ``partial``: the running stats of the epoch in progress, summed over ranks."""
+    state = strategy.state_dict()
+    if strategy.is_main:
+        meta = {"identity": identity_key(cfg), "history": history,
+                "partial": None if partial is None else
+                [partial.loss_sum, partial.correct, partial.count]}
+        save_checkpoint(cfg.checkpoint_dir, epoch, state, meta, step=step)
 
 
-def save_epoch(strategy, cfg, history: list) -> None:
-    """The checkpoint of the epoch just finished (main rank, or every rank for a sharded state)."""
-    rank = _checkpoint_rank(strategy)
-    if rank is not None or strategy.is_main:
-        meta = {"layout": layout_key(cfg, strategy), "history": history}
-        save_checkpoint(cfg.checkpoint_dir, history[-1]["epoch"], strategy.state_dict(), meta,
-                        rank=rank)
-
-
-def resume(strategy, cfg, log) -> tuple[int, list]:
-    """Load the newest checkpoint into ``strategy``; return (epochs done, their metric rows).
-
-    Sharded state resumes from the newest epoch that *every* rank saved, so a job stopped
-    between two ranks' writes still restarts all ranks at the same epoch.
-    """
-    rank = _checkpoint_rank(strategy)
-    path = latest_checkpoint(cfg.checkpoint_dir, rank)
-    if rank is not None:
-        common = set.intersection(*(set(list_checkpoints(cfg.checkpoint_dir, r))
-                                    for r in range(cfg.world_size)))
-        path = (os.path.join(cfg.checkpoint_dir, checkpoint_name(max(common), rank))
-                if common else None)
-    if path is None:
+def resume(strategy, cfg, log) -> tuple[int, int, list, list | None]:
+    """Load the newest readable checkpoint into ``strategy``; return (epochs done, steps done in
+    the next epoch, the finished epochs' rows, the summed stats of the epoch in progress)."""
+    found = list_checkpoints(cfg.checkpoint_dir)
+    if not found:
         log(f"no checkpoint in {cfg.checkpoint_dir}; starting from epoch 1")
-        return 0, []
-    epoch, state, meta = load_checkpoint(path)
-    expected = layout_key(cfg, strategy)
-    for key, value in meta.get("layout", {}).items():
+        return 0, 0, [], None
+    for position in reversed(found):
+        path = os.path.join(cfg.checkpoint_dir, checkpoint_name(*position))
+        try:
+            epoch, state, meta = load_checkpoint(path)
+            break
+        except ValueError as exc:
+            log(f"{exc}; trying the one before")
+    else:
+        raise ValueError(f"no readable checkpoint in {cfg.checkpoint_dir} "
+                         f"({len(found)} damaged)")
+    expected = identity_key(cfg)
+    for key, value in meta.get("identity", {}).items():
         if expected.get(key) != value:
             raise ValueError(f"checkpoint {path} was written with {key}={value!r}, "
                              f"this run has {key}={expected.get(key)!r}")
-    if epoch > cfg.epochs:
-        raise ValueError(f"checkpoint {path} is at epoch {epoch}, past --epochs {cfg.epochs}")
+    if epoch > cfg.epochs or (epoch == cfg.epochs and meta["step"]):
+        raise ValueError(f"checkpoint {path} is past --epochs {cfg.epochs}")
     strategy.load_state_dict(state)
-    log(f"resumed from {path} (epoch {epoch}/{cfg.epochs})")
-    return epoch, meta.get("history", [])
+    where = f"epoch {epoch}/{cfg.epochs}" + (f", step {meta['step']}" if meta["step"] else "")
+    log(f"resumed from {path} ({where})")
+    return epoch, meta["step"], meta.get("history", []), meta.get("partial")

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..backend import DEVICES
+from ..cluster.faults import parse_fault
 from ..cluster.launcher import BACKENDS
 from ..cluster.simulate import PROFILES, check_node_speeds, link_model
 from ..data import DATASETS
@@ -91,10 +92,16 @@ class TrainConfig:
     precision: str = "fp32"
     grad_accum: int = 1
     memory_report: bool = False
+    # fault tolerance (see minilepton.engine.run and minilepton.cluster.faults)
+    max_restarts: int = 0
+    checkpoint_every: int | None = None
+    min_workers: int | None = None
+    fault: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden) if not isinstance(self.hidden, int) else (self.hidden,)
         self.node_speeds = parse_node_speeds(self.node_speeds)
+        self.fault = (self.fault,) if isinstance(self.fault, str) else tuple(self.fault or ())
         self.validate()
 
     @property
@@ -117,7 +124,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{_flag(name)} must be a positive integer, not {value!r}")
-        for name in ("workers", "blas_threads"):  # optional
+        for name in ("workers", "blas_threads", "checkpoint_every", "min_workers"):  # optional
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value <= 0):
@@ -136,6 +143,14 @@ class TrainConfig:
         if self.optimizer == "adam" and (self.momentum or self.weight_decay):
             raise ValueError("--momentum and --weight-decay apply to --optimizer sgd only")
         parse_compress(self.compress)
+        for spec in self.fault:
+            parse_fault(spec)
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) \
+                or self.max_restarts < 0:
+            raise ValueError(f"--max-restarts must be an integer >= 0, not {self.max_restarts!r}")
+        if self.min_workers is not None and self.min_workers > self.world_size:
+            raise ValueError(f"--min-workers {self.min_workers} is more than the "
+                             f"{self.world_size} workers")
         if self.zero not in (0, 1, 2, 3) or isinstance(self.zero, bool):
             raise ValueError(f"--zero must be 0, 1, 2 or 3, not {self.zero!r}")
         if self.link != "none":

@@ -10,21 +10,40 @@ hook (some are collectives); hooks that print or write act on the main rank only
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..parallel.memory import human_bytes
+from ..parallel.stats import StepStats
+from ..cluster.faults import maybe_fire, parse_fault
 from . import checkpoint
 from .config import TrainConfig
 from ..files import atomic_write, atomic_write_text
 from .trace import gather_events, write_chrome_trace
 
 
+@dataclass
+class Progress:
+    """Where the run stands: ``epoch`` epochs done, then ``step`` steps of the next one;
+    ``partial`` is this rank's running stats of that epoch; ``history`` the finished rows."""
+
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    partial: StepStats | None = None
+    history: list = field(default_factory=list)
+
+
 class Hook:
     """Does nothing at every point; subclasses override what they need."""
 
-    def on_start(self, strategy, start: int, history: list) -> tuple[int, list]:
-        return start, history
+    def on_start(self, strategy, progress: Progress) -> None:
+        """May move ``progress`` (a resume)."""
+
+    def on_step_end(self, strategy, progress: Progress) -> None:
+        pass
 
     def on_epoch_end(self, strategy, history: list) -> None:
         pass
@@ -61,23 +80,46 @@ class PrintEpochs(Hook):
 
 
 class Checkpoints(Hook):
-    """``--resume``: continue from the newest checkpoint; ``--checkpoint-dir``: one per epoch."""
+    """``--resume``: continue from the newest checkpoint; ``--checkpoint-dir``: one after each
+    epoch, and every ``--checkpoint-every`` steps."""
 
     def __init__(self, cfg: TrainConfig, printer: PrintEpochs | None):
         self.cfg, self.printer = cfg, printer
 
-    def on_start(self, strategy, start, history):
+    def on_start(self, strategy, progress):
         if not self.cfg.resume:
-            return start, history
+            return
 
         def say(line):  # resume messages go where the epoch lines go
             if self.printer is not None:
                 self.printer.emit(strategy, line)
-        return checkpoint.resume(strategy, self.cfg, say)
+        epoch, step, history, partial = checkpoint.resume(strategy, self.cfg, say)
+        progress.epoch, progress.step, progress.history = epoch, step, history
+        if partial is not None:  # the summed stats so far: the main rank carries them
+            progress.partial = (StepStats(partial[0], int(partial[1]), int(partial[2]))
+                                if strategy.is_main else StepStats(0.0, 0, 0))
+
+    def on_step_end(self, strategy, progress):
+        every = self.cfg.checkpoint_every
+        if (self.cfg.checkpoint_dir and every and progress.global_step % every == 0
+                and progress.step < progress.steps_per_epoch):  # epoch ends save below
+            checkpoint.save_position(strategy, self.cfg, progress.epoch, progress.step,
+                                     progress.history, strategy.reduce_stats(progress.partial))
 
     def on_epoch_end(self, strategy, history):
         if self.cfg.checkpoint_dir:
-            checkpoint.save_epoch(strategy, self.cfg, history)
+            checkpoint.save_position(strategy, self.cfg, history[-1]["epoch"], 0, history, None)
+
+
+class InjectFaults(Hook):
+    """``--fault KIND:rank=R:step=S``: this rank fails as asked, once per run (``cluster.faults``)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str):
+        self.faults = [parse_fault(spec) for spec in cfg.fault]
+        self.run_dir = run_dir
+
+    def on_step_end(self, strategy, progress):
+        maybe_fire(self.faults, strategy.rank, progress.global_step, self.run_dir)
 
 
 class CommMetrics(Hook):
@@ -119,12 +161,16 @@ class WriteOutputs(Hook):
             atomic_write_text(self.cfg.metrics_json, json.dumps(metrics, indent=2) + "\n")
 
 
-def default_hooks(cfg: TrainConfig, log=None, tracer=None) -> list:
-    """The hooks ``cfg`` asks for: printing (unless quiet), checkpoints, comm figures, the
-    trace, the output files. ``log(line)`` replaces printing on the main rank."""
+def default_hooks(cfg: TrainConfig, log=None, tracer=None, run_dir=None) -> list:
+    """The hooks ``cfg`` asks for: printing (unless quiet), checkpoints, injected faults (their
+    markers in ``run_dir``), comm figures, the trace, the output files. ``log(line)`` replaces
+    printing on the main rank."""
     printer = PrintEpochs(cfg, log) if cfg.verbose or log is not None else None
     hooks = [printer] if printer is not None else []
-    hooks += [Checkpoints(cfg, printer), CommMetrics()]
+    hooks.append(Checkpoints(cfg, printer))
+    if cfg.fault:
+        hooks.append(InjectFaults(cfg, run_dir))
+    hooks.append(CommMetrics())
     if tracer is not None and cfg.trace:
         hooks.append(WriteTrace(tracer, cfg.trace))
     hooks.append(WriteOutputs(cfg))

@@ -21,7 +21,7 @@ from .. import backend
 from ..data import DataLoader
 from ..parallel.stats import StepStats
 from .config import TrainConfig
-from .hooks import default_hooks, format_epoch  # noqa: F401 - format_epoch: part of the loop's API
+from .hooks import Progress, default_hooks, format_epoch  # noqa: F401 - format_epoch: API
 
 PROGRESS_MIN_BATCHES = 200  # a progress bar only for epochs longer than this
 
@@ -38,11 +38,14 @@ def _progress(strategy, n_batches: int, desc: str):
     return tqdm(total=n_batches, desc=desc, unit="batch", leave=False, file=sys.stderr)
 
 
-def _train_epoch(strategy, x, y, batches, bar, epoch: int) -> StepStats:
-    """One pass over ``batches``; stops with NonFiniteLossError the moment the loss diverges."""
-    total = StepStats(0.0, 0, 0)
+def _train_epoch(strategy, x, y, batches, bar, progress, hooks) -> StepStats:
+    """``batches[progress.step:]``; stops with NonFiniteLossError the moment the loss diverges.
+    After each step ``progress`` says where the run stands and the hooks see it."""
+    total = progress.partial if progress.partial is not None else StepStats(0.0, 0, 0)
     on_gpu = backend.xp_of(x) is not np
-    for step, idx in enumerate(batches):
+    epoch = progress.epoch + 1
+    for step in range(progress.step, len(batches)):
+        idx = batches[step]
         local = strategy.local_indices(idx)
         if on_gpu:
             local = backend.to_device(local, "gpu")
@@ -52,6 +55,10 @@ def _train_epoch(strategy, x, y, batches, bar, epoch: int) -> StepStats:
                 f"the training loss became {stats.loss_sum} at epoch {epoch}, step {step + 1}; "
                 "lower --lr or check the data")
         total = total + stats
+        progress.step, progress.partial = step + 1, total
+        progress.global_step += 1
+        for hook in hooks:
+            hook.on_step_end(strategy, progress)
         if bar is not None:
             bar.update(1)
             if step % 50 == 0 and stats.count:
@@ -74,16 +81,18 @@ def fit(strategy, x_train, y_train, x_test, y_test, cfg: TrainConfig, hooks=None
     """
     hooks = default_hooks(cfg, log) if hooks is None else hooks
     loader = DataLoader(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    start, history = 0, []
+    progress = Progress(steps_per_epoch=len(loader.epoch_indices(0)))
     for hook in hooks:
-        start, history = hook.on_start(strategy, start, history)
+        hook.on_start(strategy, progress)
+    start = progress.epoch
+    progress.global_step = start * progress.steps_per_epoch + progress.step
     for epoch in range(start + 1, cfg.epochs + 1):
         batches = loader.epoch_indices(epoch - 1)
-        bar = _progress(strategy, len(batches), f"Epoch {epoch}/{cfg.epochs}")
+        bar = _progress(strategy, len(batches) - progress.step, f"Epoch {epoch}/{cfg.epochs}")
         t0 = time.perf_counter()
         try:  # overflow shows up as a non-finite loss, reported once, not as NumPy warnings
             with np.errstate(all="warn" if cfg.debug else "ignore"):
-                local = _train_epoch(strategy, x_train, y_train, batches, bar, epoch)
+                local = _train_epoch(strategy, x_train, y_train, batches, bar, progress, hooks)
         finally:
             if bar is not None:
                 bar.close()
@@ -91,12 +100,15 @@ def fit(strategy, x_train, y_train, x_test, y_test, cfg: TrainConfig, hooks=None
         stats = strategy.reduce_stats(local)
         val = strategy.evaluate(x_test, y_test)
         (train_loss, train_acc), (val_loss, val_acc) = _mean(stats), _mean(val)
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds,
-                        "eval_seconds": time.perf_counter() - t0 - seconds,
-                        "samples_per_second": stats.count / seconds if seconds > 0 else 0.0})
+        progress.history.append({
+            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds,
+            "eval_seconds": time.perf_counter() - t0 - seconds,
+            "samples_per_second": stats.count / seconds if seconds > 0 else 0.0})
+        progress.epoch, progress.step, progress.partial = epoch, 0, None
         for hook in hooks:
-            hook.on_epoch_end(strategy, history)
+            hook.on_epoch_end(strategy, progress.history)
+    history = progress.history
     if start >= cfg.epochs:  # resumed a finished run: nothing trained, evaluate once
         val = strategy.evaluate(x_test, y_test)
     test_loss, test_acc = _mean(val)

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 
 from .. import backend
 from ..cluster import launch
 from ..cluster.blas import limit_threads
+from ..cluster.faults import parse_fault
 from ..cluster.mpi_launch import in_mpi_job, run_direct
 from ..comm.device_staging import wrap_for_device
 from ..comm.local import LocalComm
 from ..data import dataset_dir
 from ..parallel.mesh import check_layout
+from . import restarts
 from .config import TrainConfig
 from .hooks import default_hooks
 from .loop import fit
@@ -59,6 +63,13 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
                                      ("--grad-accum", cfg.grad_accum > 1)) if on]
     if unbuilt:  # the memory techniques land one by one; until then, one clear line
         raise ValueError(f"{', '.join(unbuilt)}: not available in this version yet")
+    for spec in cfg.fault:
+        fault = parse_fault(spec)
+        if fault.rank >= cfg.world_size:
+            raise ValueError(f"--fault {spec}: rank {fault.rank} of {cfg.world_size} workers")
+    if cfg.checkpoint_every and not (cfg.checkpoint_dir or cfg.max_restarts):
+        raise ValueError("--checkpoint-every needs --checkpoint-dir DIR (or --max-restarts, "
+                         "which keeps its checkpoints in a private folder)")
     if cfg.trace and cfg.world_size == 1:
         raise ValueError("--trace records a parallel run's timeline; add --workers, --tp or --pp")
 
@@ -70,7 +81,7 @@ def requested_device(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def worker(comm, cfg: TrainConfig, arrays=None, log=None):
+def worker(comm, cfg: TrainConfig, arrays=None, log=None, run_dir=None):
     """One rank's whole run; rank 0 returns the metrics dict, the others None."""
     x_train, y_train, x_test, y_test = arrays if arrays is not None else load_arrays(cfg)
     cfg = dataclasses.replace(cfg, device=backend.resolve_device(requested_device(cfg)))
@@ -83,7 +94,7 @@ def worker(comm, cfg: TrainConfig, arrays=None, log=None):
     tracer = Tracer(comm.rank) if cfg.trace else None
     strategy = build_strategy(comm, cfg, x_train.shape[1], tracer)
     metrics = fit(strategy, x_train, y_train, x_test, y_test, cfg,
-                  hooks=default_hooks(cfg, log, tracer))
+                  hooks=default_hooks(cfg, log, tracer, run_dir))
     return metrics if strategy.is_main else None
 
 
@@ -99,7 +110,8 @@ def train(cfg: TrainConfig, arrays=None, timeout_s: float | None = None, log=Non
     cfg = normalise(cfg)
     n_features = arrays[0].shape[1] if arrays is not None else N_FEATURES
     check(cfg, n_features)
-    if cfg.world_size == 1:
+    supervised = cfg.max_restarts > 0 or bool(cfg.fault)  # a failure must not end this process
+    if cfg.world_size == 1 and not supervised:
         if cfg.blas_threads is not None:  # this whole process, from now on
             limit_threads(cfg.blas_threads)
         return worker(LocalComm(), cfg, arrays, log)
@@ -114,9 +126,15 @@ def train(cfg: TrainConfig, arrays=None, timeout_s: float | None = None, log=Non
                "start_method": backend.start_method_for(device) if device == "gpu" else None,
                "link": None if cfg.link == "none" else cfg.link,
                "node_speeds": list(cfg.node_speeds) if cfg.node_speeds else None}
-    results = launch(worker, cfg.world_size, args=(cfg, arrays), backend=cfg.backend,
-                     **{k: v for k, v in options.items() if v is not None})
-    return results[0]
+    options = {k: v for k, v in options.items() if v is not None}
+    if not supervised:
+        return launch(worker, cfg.world_size, args=(cfg, arrays), backend=cfg.backend,
+                      **options)[0]
+    run_dir = tempfile.mkdtemp(prefix="minilepton-run-")  # private (0700): fault markers, and
+    try:                                                  # checkpoints when none were asked for
+        return restarts.supervise(cfg, arrays, options, run_dir, worker)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_in_mpi_job(cfg: TrainConfig, arrays):

@@ -30,18 +30,19 @@ from .mesh import Mesh
 from .overlap import OverlappedDataParallel
 from .pipeline import PipelineParallel, split_stages
 from .sampler import DistributedSampler, shard_offsets
+from .state import full_state, gather_full, load_full_state
 from .stats import StepStats, evaluate_model, step_stats, sum_cross_entropy
-from .tensor_parallel import full_state_dict, parallelize_mlp
+from .tensor_parallel import parallelize_mlp
 
 _NULL = nullcontext()  # the span when nothing is traced (reusable)
 
 
 class Strategy:
-    """What the loop asks of a strategy. ``ParallelStrategy`` implements all of it."""
+    """What the loop asks of a strategy. ``ParallelStrategy`` implements all of it; the state
+    methods act on ``self.model`` / ``self.optimizer`` (this rank's pieces) and ``self.mesh``."""
 
     is_main = True            # this rank prints, writes metrics, saves files
     rank = 0
-    replicated_state = True   # every rank holds the whole state: one checkpoint file, not one each
 
     def local_indices(self, global_indices: np.ndarray) -> np.ndarray:
         """The part of a global batch this rank computes."""
@@ -60,16 +61,16 @@ class Strategy:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: this rank's parameters and optimizer state."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """Everything needed to resume, as whole tensors by name (``state.full_state``): a
+        collective, loadable on any layout."""
+        return full_state(self)
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_state(self, state)
 
     def full_parameters(self) -> dict:
         """The whole model's parameters as NumPy arrays by name (a collective)."""
-        return {name: p.numpy().copy() for name, p in self.model.named_parameters()}
+        return gather_full(self, {n: p.numpy() for n, p in self.model.named_parameters()})
 
     def comm_report(self) -> dict:
         """``bytes_per_step`` sent and ``comm_seconds_fraction`` of the step time."""
@@ -118,12 +119,6 @@ class ParallelStrategy(Strategy):
         if tracer is not None:
             tracer.watch(*mesh.comms())
         self.steps, self.step_seconds, self.step_bytes, self.step_comm_seconds = 0, 0.0, 0, 0.0
-
-    @property
-    def replicated_state(self) -> bool:
-        """Every rank of the data group holds the same state unless tensor or pipeline
-        parallelism shards it (then each rank checkpoints its shard)."""
-        return self.mesh.tp * self.mesh.pp == 1
 
     # ---- the step
     def local_indices(self, global_indices):
@@ -224,21 +219,6 @@ class ParallelStrategy(Strategy):
         """This rank's parameter bytes and the peak bytes of activations its stage held."""
         peak = self.pipe.meter.peak_bytes if self.pipe is not None else 0
         return {"parameter_bytes": parameter_bytes(self.model), "peak_activation_bytes": peak}
-
-    # ---- state
-    def full_parameters(self) -> dict:
-        """The serial model's parameters by name on every rank (a collective)."""
-        mine = (full_state_dict(self.model) if self.mesh.tp > 1
-                else {n: p.numpy().copy() for n, p in self.model.named_parameters()})
-        if self.mesh.pp == 1:
-            return mine
-        out = {}
-        for name, (shape, dtype) in self.shapes.items():
-            array = mine[name] if name in mine else np.empty(shape, dtype)
-            out[name] = self.mesh.pp_comm.broadcast(np.ascontiguousarray(array),
-                                                    root=self.owner[name])
-        return out
-
 
 def _width(stage, which: str) -> int:
     """Width entering (``in_features``) or leaving (``out_features``) a stage."""

@@ -36,6 +36,8 @@ class ColumnParallelLinear(Module):
     ``gather_output=True`` all-gathers the slices into the full y (backward: keep own slice).
     """
 
+    shard_axes = {"weight": 1, "bias": 0}  # W[:, c_r], b[c_r]
+
     def __init__(self, linear: Linear, comm, gather_output: bool = False):
         super().__init__()
         self.comm, self.gather_output = comm, bool(gather_output)
@@ -51,13 +53,6 @@ class ColumnParallelLinear(Module):
             y = y + self.bias
         return gather_from_group(y, self.comm, self.out_features) if self.gather_output else y
 
-    def full_state(self) -> dict:
-        """The serial layer's parameters, gathered from every rank (a collective)."""
-        state = {"weight": _allgather_last(self.comm, self.weight.data, self.out_features)}
-        if self.bias is not None:
-            state["bias"] = _allgather_last(self.comm, self.bias.data, self.out_features)
-        return state
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features} "
                 f"(this rank: {self.weight.shape[1]}), gather_output={self.gather_output}")
@@ -69,6 +64,8 @@ class RowParallelLinear(Module):
     ``input_is_parallel=True`` (after a column layer): x is already this rank's slice;
     otherwise the full x comes in and is split here (backward: all-gather ∂x).
     """
+
+    shard_axes = {"weight": 0, "bias": None}  # W[i_r, :]; b whole on every rank
 
     def __init__(self, linear: Linear, comm, input_is_parallel: bool = True):
         super().__init__()
@@ -84,15 +81,6 @@ class RowParallelLinear(Module):
             x = scatter_to_group(x, self.comm)
         y = reduce_from_group(x @ self.weight, self.comm)
         return y if self.bias is None else y + self.bias
-
-    def full_state(self) -> dict:
-        """The serial layer's parameters, gathered from every rank (a collective)."""
-        w_t = np.ascontiguousarray(self.weight.data.T)
-        state = {"weight": np.ascontiguousarray(
-            _allgather_last(self.comm, w_t, self.in_features).T)}
-        if self.bias is not None:
-            state["bias"] = self.bias.data.copy()
-        return state
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features} (this rank: {self.weight.shape[0]}), "
@@ -121,13 +109,52 @@ def parallelize_mlp(model: Sequential, comm) -> Sequential:
     return Sequential({name: out.get(i, m) for i, (name, m) in enumerate(items)})
 
 
+def shard_axes(model: Sequential) -> dict:
+    """Parameter name -> the axis along which this rank holds a ``shard_range`` slice of the
+    serial tensor, or None where it holds the whole tensor."""
+    axes = {}
+    for name, module in model.named_children():
+        cut = getattr(module, "shard_axes", {})
+        axes.update({f"{name}.{k}": cut.get(k) for k, _ in module.named_parameters()})
+    return axes
+
+
+def gather_shards(model: Sequential, comm, arrays: dict) -> dict:
+    """Serial tensors from this rank's slices ``arrays`` (by parameter name, in the model's
+    order: weights, or any state shaped like them); a collective over the tensor group."""
+    full = {}
+    for name, axis in shard_axes(model).items():
+        a = np.asarray(arrays[name])
+        if axis is None or comm.world_size == 1:
+            full[name] = a.copy()
+            continue
+        last = np.ascontiguousarray(np.moveaxis(a, axis, -1))
+        n = _serial_width(comm, a.shape[axis])
+        full[name] = np.ascontiguousarray(np.moveaxis(_allgather_last(comm, last, n), -1, axis))
+    return full
+
+
+def take_shards(model: Sequential, comm, full: dict) -> dict:
+    """This rank's slices of the serial tensors ``full`` (by name): the inverse of
+    ``gather_shards``, for loading a state saved on any layout."""
+    out = {}
+    for name, axis in shard_axes(model).items():
+        a = np.asarray(full[name])
+        if axis is not None:
+            cut = [slice(None)] * a.ndim
+            cut[axis] = shard_range(a.shape[axis], comm.world_size, comm.rank)
+            a = a[tuple(cut)]
+        out[name] = np.ascontiguousarray(a)
+    return out
+
+
+def _serial_width(comm, mine: int) -> int:
+    """The serial length of an axis cut by ``shard_range``, from this rank's piece."""
+    return int(comm.allreduce(np.array([mine], dtype=np.int64), op="sum")[0])
+
+
 def full_state_dict(model: Sequential) -> dict:
     """The serial model's parameters by name from a ``parallelize_mlp`` model (a collective)."""
-    state = {}
-    for name, module in model.named_children():
-        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
-            state.update({f"{name}.{k}": v for k, v in module.full_state().items()})
-        else:
-            state.update({f"{name}.{k}": p.numpy().copy()
-                          for k, p in module.named_parameters()})
-    return state
+    comm = next((m.comm for _, m in model.named_children() if hasattr(m, "shard_axes")), None)
+    arrays = {name: p.numpy().copy() for name, p in model.named_parameters()}
+    return arrays if comm is None else gather_shards(model, comm, arrays)
