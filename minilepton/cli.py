@@ -13,7 +13,10 @@ line, with status 1. ``--debug`` shows the traceback instead. Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from . import __version__
 from .backend import DeviceError
@@ -34,7 +37,30 @@ from .engine.config import (
 from .engine.run import OtherRankError, train
 from .examples import logistic
 
-EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+# Exit statuses: 0 done; 2 bad input (before any work starts); 1 a failure during the run;
+# 130 Ctrl-C; 143 SIGTERM. Each non-zero one comes with one line on stderr.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so workers are stopped and files cleaned up."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises ``Terminated`` in the main thread while the command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UsageError(Exception):
@@ -217,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
                              f"(see 'minilepton {args.command} --help')")
-        return _run(args)
+        with _sigterm_unwinds():
+            return _run(args)
     except UsageError as exc:
         print(f"minilepton: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -226,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("minilepton: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("minilepton: terminated (SIGTERM); workers stopped", file=sys.stderr)
+        return EXIT_TERMINATED
     except OtherRankError:  # a rank of an mpiexec job whose rank 0 reports the error
         return EXIT_USAGE
     except Exception as exc:  # every failure becomes one line unless --debug

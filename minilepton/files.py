@@ -40,3 +40,19 @@ def atomic_write(path, write) -> str:
 def atomic_write_text(path, text: str) -> str:
     """``atomic_write`` of a UTF-8 string."""
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def check_writable(path, what: str, directory: bool = False) -> None:
+    """ValueError (one line, naming ``what``) unless ``path`` can be written later: a file (or,
+    with ``directory``, a folder) there or in a folder this user may create files in."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        kind = "a folder" if os.path.isdir(path) else "a file"
+        raise ValueError(f"{what} {path} is {kind}")
+    parent = path if directory and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(parent):  # atomic_write creates the missing folders
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: no permission to write in {parent}")

@@ -146,3 +146,45 @@ def test_layout_errors_are_one_line_before_any_worker_starts():
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="one-process"):
         ml.train(TrainConfig(workers=2, verbose=False), arrays=_arrays(), log=print)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for cfg, match in [
+            (TrainConfig(metrics_json=str(tmp_path / "afile" / "m.json")), "--metrics-json.*is a file"),
+            (TrainConfig(checkpoint_dir=str(tmp_path / "afile")), "--checkpoint-dir .* is a file"),
+            (TrainConfig(save=str(tmp_path)), "--save .* is a folder")]:
+        with pytest.raises(ValueError, match=match):
+            ml.train(cfg)
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="no permission"):
+            ml.train(TrainConfig(save=str(locked / "p.npz")))
+
+
+def test_an_empty_idx_set_names_its_files(tmp_path):
+    from minilepton.data import DataError
+    from minilepton.data.idx import write_idx
+    for stem, array in (("train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8)),
+                        ("train-labels-idx1-ubyte", np.zeros(0, np.uint8)),
+                        ("t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))):
+        write_idx(tmp_path / stem, array)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.*no images"):
+        ml.data.load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_the_workers_and_exits_143_with_one_line():
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "minilepton", "train", "--workers", "2",
+                             "--epochs", "100", "--quiet"], stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == ["minilepton: terminated (SIGTERM); workers stopped"]

@@ -28,7 +28,8 @@ EMBEDDED_PATH = Path(__file__).with_name("fashion_mnist_subset.npz")
 
 
 def check_split(x, y, name: str) -> None:
-    """Raise ``DataError`` unless ``x`` is (N, 28, 28) uint8 and ``y`` is (N,) labels in 0..9."""
+    """Raise ``DataError`` unless ``x`` is (N, 28, 28) uint8 and ``y`` is (N,) labels in 0..9,
+    N > 0."""
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"{name}: images must be uint8 of shape (N, 28, 28), "
                         f"got {x.dtype} {x.shape}")
@@ -36,6 +37,8 @@ def check_split(x, y, name: str) -> None:
         raise DataError(f"{name}: labels must be a uint8 vector, got {y.dtype} {y.shape}")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{name}: no images (the files hold an empty set)")
     if len(y) and int(y.max()) >= NUM_CLASSES:
         raise DataError(f"{name}: label {int(y.max())} outside 0..{NUM_CLASSES - 1}")
 

@@ -26,6 +26,7 @@ from ..cluster.mpi_launch import in_mpi_job, run_direct
 from ..comm.device_staging import wrap_for_device
 from ..comm.local import LocalComm
 from ..data import dataset_dir
+from ..files import check_writable
 from ..parallel.mesh import check_layout
 from . import restarts
 from .config import TrainConfig
@@ -70,6 +71,12 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
     if cfg.checkpoint_every and not (cfg.checkpoint_dir or cfg.max_restarts):
         raise ValueError("--checkpoint-every needs --checkpoint-dir DIR (or --max-restarts, "
                          "which keeps its checkpoints in a private folder)")
+    for flag, path in (("--metrics-json", cfg.metrics_json), ("--save", cfg.save),
+                       ("--trace", cfg.trace)):
+        if path:
+            check_writable(path, flag)
+    if cfg.checkpoint_dir:
+        check_writable(cfg.checkpoint_dir, "--checkpoint-dir", directory=True)
     if cfg.trace and cfg.world_size == 1:
         raise ValueError("--trace records a parallel run's timeline; add --workers, --tp or --pp")
 
