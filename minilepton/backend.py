@@ -21,11 +21,13 @@ import os
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu", "auto")
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)  # NumPy has no bfloat16; ml_dtypes (JAX's) provides it
 _default_dtype = np.dtype(np.float32)
 _cupy = None  # the cupy module once a GPU has been asked for
 _said_auto_is_cpu = False  # "--device auto: ... using the CPU" is said once per process
@@ -44,6 +46,11 @@ class DeviceError(RuntimeError):
 def default_dtype() -> np.dtype:
     """The floating dtype new tensors get (float32 unless changed)."""
     return _default_dtype
+
+
+def is_floating(dtype) -> bool:
+    """float16, float32, float64, and bfloat16 (whose NumPy ``kind`` is ``"V"``, not ``"f"``)."""
+    return dtype.kind == "f" or dtype == BFLOAT16
 
 
 def set_default_dtype(dtype) -> None:

@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from .. import backend
+from .lowp import mm, sum_to
 from .tensor import Tensor
 
 
@@ -23,10 +24,10 @@ def unbroadcast(g, shape):
         return g
     extra = g.ndim - len(shape)
     if extra:
-        g = g.sum(axis=tuple(range(extra)))
+        g = sum_to(g, tuple(range(extra)))
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
     if stretched:
-        g = g.sum(axis=stretched, keepdims=True)
+        g = sum_to(g, stretched, keepdims=True)
     return g
 
 
@@ -130,16 +131,17 @@ def power(a: Tensor, p) -> Tensor:
 
 
 def matmul(a: Tensor, b) -> Tensor:
-    """out = a @ b;  ∂a = g @ bᵀ, ∂b = aᵀ @ g (batch axes summed back, 1-D operands handled)."""
+    """out = a @ b;  ∂a = g @ bᵀ, ∂b = aᵀ @ g (batch axes summed back, 1-D operands handled).
+    Two 16-bit matrices multiply in float32 and round once (``lowp``)."""
     b = _other(a, b)
     if not isinstance(b, Tensor):
         b = Tensor(b, dtype=a.dtype)
     A, B = a.data, b.data
     if A.ndim == 2 and B.ndim == 2:
         def backward(g):
-            return (g @ B.T if a.requires_grad else None,
-                    A.T @ g if b.requires_grad else None)
-        return Tensor._make(A @ B, (a, b), backward)
+            return (mm(g, B.T) if a.requires_grad else None,
+                    mm(A.T, g) if b.requires_grad else None)
+        return Tensor._make(mm(A, B), (a, b), backward)
     if A.ndim == 0 or B.ndim == 0:
         raise ValueError("matmul needs operands of at least one dimension; use * for scalars")
 
@@ -170,26 +172,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     The same as ``x @ W + b`` with one node less and the bias added into the fresh product in
     place (the unfused form allocates and fills a second (N, out) array). Other shapes or mixed
-    dtypes take the unfused path.
+    dtypes take the unfused path; 16-bit operands multiply in float32 (``lowp``).
     """
     X, W = x.data, weight.data
     if X.ndim != 2 or W.ndim != 2 or X.dtype != W.dtype or (
             bias is not None and (bias.data.ndim != 1 or bias.data.dtype != W.dtype)):
         out = matmul(x, weight)
         return out if bias is None else add(out, bias)
-    out = X @ W
     if bias is None:
         def backward(g):
-            return (g @ W.T if x.requires_grad else None,
-                    X.T @ g if weight.requires_grad else None)
-        return Tensor._make(out, (x, weight), backward)
-    out += bias.data
+            return (mm(g, W.T) if x.requires_grad else None,
+                    mm(X.T, g) if weight.requires_grad else None)
+        return Tensor._make(mm(X, W), (x, weight), backward)
 
     def backward_bias(g):
-        return (g @ W.T if x.requires_grad else None,
-                X.T @ g if weight.requires_grad else None,
-                g.sum(axis=0) if bias.requires_grad else None)
-    return Tensor._make(out, (x, weight, bias), backward_bias)
+        return (mm(g, W.T) if x.requires_grad else None,
+                mm(X.T, g) if weight.requires_grad else None,
+                sum_to(g, 0) if bias.requires_grad else None)
+    return Tensor._make(mm(X, W, bias.data), (x, weight, bias), backward_bias)
 
 
 def rmatmul(a: Tensor, b) -> Tensor:

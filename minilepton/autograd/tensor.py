@@ -31,7 +31,7 @@ def _as_array(data, dtype=None):
     if type(data) is np.ndarray or backend.device_of(data) == "gpu":
         if dtype is not None and data.dtype != dtype:
             return data.astype(dtype)
-        if data.dtype.kind != "f":
+        if not backend.is_floating(data.dtype):
             return data.astype(backend.default_dtype())
         return data
     return np.asarray(data, dtype=dtype or backend.default_dtype())

@@ -18,12 +18,12 @@ from ..cluster.simulate import PROFILES, check_node_speeds, link_model
 from ..data import DATASETS
 from ..parallel.balance import BALANCE_MODES as BALANCES
 from ..parallel.compression import parse_compress
+from ..parallel.precision import PRECISIONS
 from ..parallel.schedules import SCHEDULES as _SCHEDULE_FUNCTIONS
 
 # Choice lists: each comes from the module that implements the choices; these two are the recipe's.
 OPTIMIZERS = ("adam", "sgd")
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = tuple(_SCHEDULE_FUNCTIONS)
 LINKS = ("none", *PROFILES)  # or "LATENCY_US,BANDWIDTH_GBPS"
 

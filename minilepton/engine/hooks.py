@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..parallel.memory import human_bytes
+from ..parallel.memory import KINDS, format_table, human_bytes
 from ..parallel.stats import StepStats
 from ..cluster.faults import maybe_fire, parse_fault
 from . import checkpoint
@@ -122,6 +122,28 @@ class InjectFaults(Hook):
         maybe_fire(self.faults, strategy.rank, progress.global_step, self.run_dir)
 
 
+class MemoryMetrics(Hook):
+    """``memory`` (rank 0's bytes by kind), ``memory_per_rank``, ``memory_predicted`` (rank 0's,
+    from the formulas) and, with fp16, ``loss_scale`` and ``skipped_steps``; ``--memory-report``
+    prints the table. A collective (every rank's figures are gathered)."""
+
+    def __init__(self, cfg: TrainConfig, printer):
+        self.report, self.printer = cfg.memory_report, printer
+
+    def on_end(self, strategy, metrics):
+        mine = strategy.memory_bytes()
+        rows = strategy.comm.allgather(np.array([mine[k] for k in KINDS], dtype=np.int64))
+        per_rank = [dict(zip(KINDS, map(int, row))) for row in rows.reshape(-1, len(KINDS))]
+        metrics.update(memory=per_rank[0], memory_per_rank=per_rank,
+                       memory_predicted=strategy.memory_predicted(), **strategy.scaler_report())
+        if self.report:
+            table = format_table(per_rank, metrics["memory_predicted"])
+            if self.printer is not None:
+                self.printer.emit(strategy, table)
+            elif strategy.is_main:
+                print(table, flush=True)
+
+
 class CommMetrics(Hook):
     """Adds ``bytes_per_step``, ``comm_seconds_fraction``, ``backend`` (and GPU ``staging``)."""
 
@@ -170,7 +192,7 @@ def default_hooks(cfg: TrainConfig, log=None, tracer=None, run_dir=None) -> list
     hooks.append(Checkpoints(cfg, printer))
     if cfg.fault:
         hooks.append(InjectFaults(cfg, run_dir))
-    hooks.append(CommMetrics())
+    hooks += [CommMetrics(), MemoryMetrics(cfg, printer)]
     if tracer is not None and cfg.trace:
         hooks.append(WriteTrace(tracer, cfg.trace))
     hooks.append(WriteOutputs(cfg))

@@ -57,4 +57,5 @@ def build_strategy(comm, cfg: TrainConfig, n_features: int = N_FEATURES, tracer=
         loss_fn=build_loss(cfg), micro_batches=cfg.micro_batches, schedule=cfg.schedule,
         bucket_bytes=cfg.bucket_bytes, compress=cfg.compress, sync_every=cfg.sync_every,
         balancer=make_balancer(cfg.balance, cfg.dp, cfg.node_speeds),
-        slow_down=simulate.slow_down if speeds else None, tracer=tracer)
+        slow_down=simulate.slow_down if speeds else None, tracer=tracer, zero=cfg.zero,
+        recompute=cfg.recompute, precision=cfg.precision, grad_accum=cfg.grad_accum)

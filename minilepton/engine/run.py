@@ -28,6 +28,7 @@ from ..comm.local import LocalComm
 from ..data import dataset_dir
 from ..files import check_writable
 from ..parallel.mesh import check_layout
+from ..parallel.options import memory_conflict
 from . import restarts
 from .config import TrainConfig
 from .hooks import default_hooks
@@ -59,11 +60,12 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
     if cfg.tp * cfg.pp > 1 and (cfg.sync_every > 1 or cfg.balance != "none"):
         raise ValueError("--sync-every and --balance act on data parallelism alone; "
                          "use them without --tp/--pp")
-    unbuilt = [flag for flag, on in (("--zero", cfg.zero), ("--recompute", cfg.recompute),
-                                     ("--precision", cfg.precision != "fp32"),
-                                     ("--grad-accum", cfg.grad_accum > 1)) if on]
-    if unbuilt:  # the memory techniques land one by one; until then, one clear line
-        raise ValueError(f"{', '.join(unbuilt)}: not available in this version yet")
+    conflict = memory_conflict(zero=cfg.zero, precision=cfg.precision, grad_accum=cfg.grad_accum,
+                               batch_size=cfg.batch_size, dp=cfg.dp, pp=cfg.pp,
+                               sync_every=cfg.sync_every, compress=cfg.compress,
+                               device=requested_device(cfg))
+    if conflict:
+        raise ValueError(conflict)
     for spec in cfg.fault:
         fault = parse_fault(spec)
         if fault.rank >= cfg.world_size:
@@ -83,7 +85,8 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
 
 def requested_device(cfg: TrainConfig) -> str:
     """``cfg.device``, except that ``auto`` means the CPU for what runs only there."""
-    if cfg.device == "auto" and (cfg.tp * cfg.pp != 1 or cfg.compress != "none"):
+    if cfg.device == "auto" and (cfg.tp * cfg.pp != 1 or cfg.compress != "none" or cfg.zero
+                                 or cfg.precision == "bf16"):
         return "cpu"
     return cfg.device
 

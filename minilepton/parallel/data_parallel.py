@@ -155,6 +155,10 @@ class DataParallel:
         loss.backward()
         self.sync_gradients()
 
+    def arrays(self) -> dict:
+        """What the buckets hold, by kind (for the memory tracker): the gradients."""
+        return {"gradients": [b.buffer for b in self.buckets]}
+
     @contextmanager
     def no_sync(self):
         """Accumulate gradients locally (gradient accumulation); sync on the next step after."""

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..autograd import Tensor, no_grad
 from ..nn import Linear, Sequential
-from .memory import ActivationMeter
+from .memory import ActivationMeter, graph_bytes
+from .recompute import checkpoint
 from .schedules import FORWARD, schedule
 from .stats import StepStats, sum_cross_entropy
 
@@ -106,12 +107,15 @@ class PipelineParallel:
     ``widths[s]`` is the feature width entering stage s and ``widths[P]`` the logits' width.
     ``global_rank`` (default: the rank in ``comm``) names this process in error messages;
     ``loss_fn(logits, labels)``, a summed loss, is what the last stage differentiates.
+    ``recompute``: keep only each micro-batch's stage input, and recompute the stage in its
+    backward (``recompute.checkpoint``).
     """
 
     def __init__(self, stage_module, comm, widths, micro_batches: int = 4,
                  schedule_name: str = "1f1b", tracer=None, global_rank: int | None = None,
-                 loss_fn=sum_cross_entropy):
+                 loss_fn=sum_cross_entropy, recompute: bool = False):
         self.module, self.comm, self.loss_fn = stage_module, comm, loss_fn
+        self.recompute = bool(recompute)
         self.global_rank = comm.rank if global_rank is None else int(global_rank)
         self.stage, self.stages = comm.rank, comm.world_size
         self.widths = [int(w) for w in widths]
@@ -182,16 +186,16 @@ class PipelineParallel:
 
     def _forward(self, m, src, y_mb, global_batch_size, stash, stats):
         h = Tensor(src, requires_grad=not self.is_first)
-        kept = [h]
-        for layer in self.module:
-            kept.append(layer(kept[-1]))
-        out = kept[-1]
+        if self.recompute:  # only h is kept; the stage runs again in this micro-batch's backward
+            out = checkpoint(self.module, h, self.meter)
+        else:
+            out = self.module(h)
         if self.is_last:
             loss = self.loss_fn(out, y_mb) * (1.0 / global_batch_size)
             stats += (loss.item() * global_batch_size,
                       int((out.data.argmax(axis=1) == y_mb).sum()), len(y_mb))
             out = loss
-        stash[m] = (h, out, self.meter.hold(kept))
+        stash[m] = (h, out, self.meter.hold_bytes(graph_bytes(out)))  # all the graph keeps
 
     def _backward(self, m, grad, stash):
         h, out, nbytes = stash[m]

@@ -36,11 +36,13 @@ def gather_full(strategy, local: dict) -> dict:
     return out
 
 
-def full_state(strategy) -> dict:
+def full_state(strategy, optimizer_state: dict | None = None) -> dict:
     """``{"model": {name: array}, "optimizer": {"type", "hyperparameters", "state": {name:
-    {"step": int, moment: array}}}}`` for the serial model; every rank gets it (a collective)."""
+    {"step": int, moment: array}}}}`` for the serial model; every rank gets it (a collective).
+    ``optimizer_state``: the optimizer's state dict by parameter index, when the optimizer does
+    not step the model's parameters themselves (ZeRO blocks, mixed-precision masters)."""
     names = [name for name, _ in strategy.model.named_parameters()]
-    opt = strategy.optimizer.state_dict()
+    opt = strategy.optimizer.state_dict() if optimizer_state is None else optimizer_state
     model = gather_full(strategy, {n: p.numpy() for n, p in strategy.model.named_parameters()})
     local = {names[i]: s for i, s in opt["state"].items()}
     keys = sorted({k for s in local.values() for k in s if k != "step"})
@@ -58,8 +60,9 @@ def full_state(strategy) -> dict:
                                           "state": state}}
 
 
-def load_full_state(strategy, state: dict) -> None:
-    """This rank's pieces of a full state (from ``full_state`` on any layout), loaded in place."""
+def load_full_state(strategy, state: dict, load_optimizer=None) -> None:
+    """This rank's pieces of a full state (from ``full_state`` on any layout), loaded in place;
+    ``load_optimizer(state_dict by parameter index)`` stands in for the optimizer's own."""
     expected = {name: tuple(shape) for name, (shape, _) in strategy.shapes.items()}
     saved = {name: tuple(np.shape(a)) for name, a in state["model"].items()}
     if saved != expected:
@@ -78,6 +81,6 @@ def load_full_state(strategy, state: dict) -> None:
     pieces = {k: mine({n: per_name[n][k] for n in strategy.shapes}) for k in keys} if keys else {}
     local = {i: {"step": per_name[n]["step"], **{k: pieces[k][n] for k in keys}}
              for i, n in enumerate(names) if n in per_name}
-    strategy.optimizer.load_state_dict({"type": saved_opt["type"],
-                                        "hyperparameters": saved_opt["hyperparameters"],
-                                        "state": local})
+    (load_optimizer or strategy.optimizer.load_state_dict)(
+        {"type": saved_opt["type"], "hyperparameters": saved_opt["hyperparameters"],
+         "state": local})

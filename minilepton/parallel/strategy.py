@@ -12,6 +12,11 @@ parallelism over one rank grid (``Mesh``), innermost first:
 One process is the 1 × 1 × 1 grid. The loss every rank differentiates is
 L_r = Σ_{i∈S_r} ℓ_i / B_global (``loss_fn`` is a summed loss), so the data group's gradient sum
 is exactly the gradient of the global-batch mean, even for unequal shards.
+
+Memory techniques, each in its own file, change one piece of the step: ``zero`` (the data
+group's ``ZeroDataParallel`` and an optimizer over owned blocks), ``precision`` (16-bit compute,
+``masters.MasterWeights`` in full precision), ``recompute`` (the forward by ``checkpoint``ed
+blocks), ``grad_accum`` (K micro-steps per update, synchronised after the last).
 """
 
 from __future__ import annotations
@@ -23,58 +28,25 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..comm.local import LocalComm
+from .accounting import held_arrays, predicted
+from .base import Strategy
 from .data_parallel import DataParallel
 from .local_sgd import LocalSGD
-from .memory import parameter_bytes
+from .master_state import load_state, master_values, save_state
+from .masters import MasterWeights
+from .memory import MemoryTracker, graph_bytes, parameter_bytes
 from .mesh import Mesh
+from .options import memory_conflict
 from .overlap import OverlappedDataParallel
 from .pipeline import PipelineParallel, split_stages
+from .precision import LossScaler, cast_module, compute_dtype, float32_loss
+from .recompute import Recomputed
 from .sampler import DistributedSampler, shard_offsets
-from .state import full_state, gather_full, load_full_state
 from .stats import StepStats, evaluate_model, step_stats, sum_cross_entropy
 from .tensor_parallel import parallelize_mlp
+from .zero import ZeroDataParallel
 
 _NULL = nullcontext()  # the span when nothing is traced (reusable)
-
-
-class Strategy:
-    """What the loop asks of a strategy. ``ParallelStrategy`` implements all of it; the state
-    methods act on ``self.model`` / ``self.optimizer`` (this rank's pieces) and ``self.mesh``."""
-
-    is_main = True            # this rank prints, writes metrics, saves files
-    rank = 0
-
-    def local_indices(self, global_indices: np.ndarray) -> np.ndarray:
-        """The part of a global batch this rank computes."""
-        raise NotImplementedError
-
-    def train_step(self, x, y, global_batch_size: int) -> StepStats:
-        """Forward, backward, synchronise, update; stats over this rank's samples."""
-        raise NotImplementedError
-
-    def evaluate(self, x, y, batch_size: int = 1024) -> StepStats:
-        """Loss and accuracy over (x, y) with no graph; every rank returns the same totals."""
-        raise NotImplementedError
-
-    def reduce_stats(self, stats: StepStats) -> StepStats:
-        """Totals over all ranks."""
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        """Everything needed to resume, as whole tensors by name (``state.full_state``): a
-        collective, loadable on any layout."""
-        return full_state(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        load_full_state(self, state)
-
-    def full_parameters(self) -> dict:
-        """The whole model's parameters as NumPy arrays by name (a collective)."""
-        return gather_full(self, {n: p.numpy() for n, p in self.model.named_parameters()})
-
-    def comm_report(self) -> dict:
-        """``bytes_per_step`` sent and ``comm_seconds_fraction`` of the step time."""
-        return {"bytes_per_step": 0.0, "comm_seconds_fraction": 0.0}
 
 
 class ParallelStrategy(Strategy):
@@ -84,38 +56,66 @@ class ParallelStrategy(Strategy):
     options (used when ``mesh.dp > 1``): ``bucket_bytes``, ``compress``, ``overlap``,
     ``sync_every`` (> 1: local SGD), ``balancer`` (an object with ``weights`` and
     ``update(comm, samples, compute_s)``, from ``balance``). ``slow_down(compute_s)`` stretches
-    this rank's compute (a simulated slow node); ``tracer`` records spans.
+    this rank's compute (a simulated slow node); ``tracer`` records spans. Memory: ``zero``
+    (0-3), ``recompute``, ``precision`` (fp32, bf16, fp16; ``loss_scaler`` for fp16, default a
+    ``precision.LossScaler()``), ``grad_accum`` (micro-steps per update).
     """
 
     def __init__(self, mesh, model, make_optimizer, *, loss_fn=sum_cross_entropy,
                  micro_batches: int = 4, schedule: str = "gpipe", bucket_bytes: int = 1 << 20,
                  compress=None, overlap: bool = False, sync_every: int = 1, balancer=None,
-                 slow_down=None, tracer=None):
+                 slow_down=None, tracer=None, zero: int = 0, recompute: bool = False,
+                 precision: str = "fp32", grad_accum: int = 1, loss_scaler=None):
         comm = mesh.comm
+        why = memory_conflict(zero=zero, precision=precision, pp=mesh.pp, sync_every=sync_every,
+                              compress=getattr(compress, "name", compress), overlap=overlap)
+        if why:
+            raise ValueError(why)
         self.mesh, self.comm, self.rank, self.is_main = mesh, comm, comm.rank, comm.rank == 0
-        self.loss_fn, self.tracer, self.slow_down, self.balancer = loss_fn, tracer, slow_down, balancer
+        self.loss_fn = float32_loss(loss_fn) if precision != "fp32" else loss_fn
+        self.tracer, self.slow_down, self.balancer = tracer, slow_down, balancer
+        self.zero, self.recompute, self.grad_accum = int(zero), bool(recompute), int(grad_accum)
+        self.precision, self.accounting, self._rows = precision, MemoryTracker(), 0
         self.shapes = {n: (p.shape, p.dtype) for n, p in model.named_parameters()}
         stages = split_stages(model, mesh.pp)
         self.owner = {n: s for s, st in enumerate(stages) for n, _ in st.named_parameters()}
         stage = stages[mesh.pp_rank]
         self.model = parallelize_mlp(stage, mesh.tp_comm) if mesh.tp > 1 else stage  # tensor
+        dtype = self.model.parameters()[0].dtype
+        self.compute_dtype = compute_dtype(precision, dtype)
+        if mesh.dp > 1 and (zero or precision != "fp32"):  # replicas start equal, as DP's do
+            for p in self.model.parameters():
+                mesh.dp_comm.broadcast(p.data, root=0)
+        initial = cast_module(self.model, self.compute_dtype) if precision != "fp32" else None
         self.pipe = None
         if mesh.pp > 1:                                                               # pipeline
             widths = [_width(st, "in_features") for st in stages]
             widths.append(_width(stages[-1], "out_features"))
             self.pipe = PipelineParallel(self.model, mesh.pp_comm, widths, micro_batches,
-                                         schedule, tracer, comm.rank, loss_fn)
+                                         schedule, tracer, comm.rank, self.loss_fn, recompute)
         self.sampler = DistributedSampler(mesh.dp_rank, mesh.dp)                     # data
         if balancer is not None:
             self.sampler.set_weights(balancer.weights)
-        self.dp, self.local_sgd = None, None
-        if mesh.dp > 1:
+        self.dp, self.local_sgd, self.master = None, None, None
+        if zero:
+            self.dp = ZeroDataParallel(self.model, mesh.dp_comm, zero, bucket_bytes)
+        elif mesh.dp > 1:
             wrapper = OverlappedDataParallel if overlap and sync_every == 1 else DataParallel
             self.dp = wrapper(self.model, mesh.dp_comm, bucket_bytes, reduce="sum",
                               compress=compress)
             if sync_every > 1:
                 self.local_sgd = LocalSGD(self.dp, sync_every)
-        self.optimizer = make_optimizer(self.model.parameters())
+        if zero or precision != "fp32":  # the optimizer steps masters: owned blocks or copies
+            owned = self.dp.owned if zero else [p.data for p in self.model.parameters()]
+            if zero and initial is not None:
+                initial = self.dp.blocks_of(initial, dtype)
+            scaler = (loss_scaler or LossScaler()) if precision == "fp16" else None
+            self.master = MasterWeights(owned, make_optimizer, dtype, initial, scaler, comm)
+            self.optimizer = self.master.optimizer
+        else:
+            self.optimizer = make_optimizer(self.model.parameters())
+        self.forward = (Recomputed(self.model, self.accounting.meter)
+                        if recompute and self.pipe is None else self.model)
         if tracer is not None:
             tracer.watch(*mesh.comms())
         self.steps, self.step_seconds, self.step_bytes, self.step_comm_seconds = 0, 0.0, 0, 0.0
@@ -140,18 +140,16 @@ class ParallelStrategy(Strategy):
         if self.dp is not None:
             self.dp.zero_grad()  # gradients become views of the communication buckets
         else:
-            self.optimizer.zero_grad()
-        n = len(y)
-        stats = StepStats(0.0, 0, 0)
-        if self.pipe is not None:
-            stats = self.pipe.train_step(x, y, global_batch_size)
-        elif n:  # an empty shard adds zeros to the all-reduce, and still joins it
-            with self._span("forward"):
-                logits = self.model(Tensor(x))
-                loss = self.loss_fn(logits, y) * (1.0 / global_batch_size)
-            with self._span("backward"):
-                loss.backward()
-            stats = step_stats(loss.item() * global_batch_size, logits.data, y)
+            self.model.zero_grad()
+        n, stats, batch, K = len(y), StepStats(0.0, 0, 0), global_batch_size, self.grad_accum
+        if self.master is not None:  # fp16 scales the loss by S: Σ ℓ / (B / S)
+            batch = global_batch_size / self.master.scale
+        if x.dtype != self.compute_dtype:
+            x = x.astype(self.compute_dtype)
+        for k in range(K):  # gradient accumulation: K micro-steps, synchronised after the last
+            rows = slice(n * k // K, n * (k + 1) // K)
+            with self.dp.no_sync() if self.dp is not None and k < K - 1 else _NULL:
+                stats = stats + self._forward_backward(x[rows], y[rows], batch)
         if self.slow_down is not None:
             with self._span("slow node"):
                 self.slow_down(time.perf_counter() - t0)
@@ -162,14 +160,46 @@ class ParallelStrategy(Strategy):
             self.dp.sync_gradients()
         if n or self.local_sgd is None:
             with self._span("optimizer"):
-                self.optimizer.step()
+                self._update()
         if self.local_sgd is not None:
             self.local_sgd.after_update(n, global_batch_size)
         if self.balancer is not None and self.mesh.dp > 1:
             weights = self.balancer.update(self.mesh.dp_comm, n, compute_s)
             if weights is not None:
                 self.sampler.set_weights(weights)
+        if self.steps < 2:  # what is held is the same every step from the first one on
+            self.accounting.sample(held_arrays(self))
         return stats
+
+    def _forward_backward(self, x, y, batch) -> StepStats:
+        """Forward and backward of (x, y), the loss Σ ℓ / ``batch``; stats over its samples."""
+        if not len(y) and (self.zero < 2 or self.pipe is not None):  # an empty shard adds
+            return StepStats(0.0, 0, 0)  # zeros to the all-reduce; ZeRO 2-3 run it (their
+        if self.pipe is not None:        # backward and forward hold collectives)
+            return self.pipe.train_step(x, y, batch)
+        count = len(y) > self._rows  # activations are measured for each new, larger batch
+        self._rows = max(self._rows, len(y))
+        if self.recompute:
+            self.forward.meter = self.accounting.meter if count else None
+        with self._span("forward"):
+            logits = self.forward(Tensor(x))
+            loss = self.loss_fn(logits, y) * (1.0 / batch)
+        held = self.accounting.meter.hold_bytes(graph_bytes(loss)) if count else 0
+        with self._span("backward"):
+            loss.backward()
+        self.accounting.meter.release(held)
+        return step_stats(loss.item() * batch, logits.data, y)
+
+    def _update(self) -> None:
+        """The optimizer's step: on the model's parameters, or on the masters (then ZeRO
+        gathers the updated blocks)."""
+        if self.master is None:
+            self.optimizer.step()
+            return
+        grads = (self.dp.owned_grads if self.zero
+                 else [p.grad for p in self.model.parameters()])
+        if self.master.step(grads) and self.zero:
+            self.dp.after_update()
 
     def _span(self, name):
         return self.tracer.span(name) if self.tracer is not None else _NULL
@@ -203,10 +233,12 @@ class ParallelStrategy(Strategy):
             self.local_sgd.finish()
         offsets = shard_offsets(len(y), np.ones(self.mesh.dp))
         lo, hi = int(offsets[self.mesh.dp_rank]), int(offsets[self.mesh.dp_rank + 1])
+        x = x[lo:hi].astype(self.compute_dtype, copy=False)
         if self.pipe is not None:
-            local = self.pipe.evaluate(x[lo:hi], y[lo:hi], batch_size)
-        else:
-            local = evaluate_model(self.model, x[lo:hi], y[lo:hi], batch_size, self.loss_fn)
+            local = self.pipe.evaluate(x, y[lo:hi], batch_size)
+        else:  # ZeRO-3 gathers the whole model once (replicas may score unequal chunks)
+            with self.dp.full_values() if self.zero == 3 else _NULL:
+                local = evaluate_model(self.model, x, y[lo:hi], batch_size, self.loss_fn)
         return self._data_group_totals(local)
 
     def comm_report(self) -> dict:
@@ -219,6 +251,32 @@ class ParallelStrategy(Strategy):
         """This rank's parameter bytes and the peak bytes of activations its stage held."""
         peak = self.pipe.meter.peak_bytes if self.pipe is not None else 0
         return {"parameter_bytes": parameter_bytes(self.model), "peak_activation_bytes": peak}
+
+    def memory_bytes(self) -> dict:
+        """This rank's memory by kind (``memory.KINDS``), measured: the most held so far."""
+        self.accounting.sample(held_arrays(self))
+        return self.accounting.report(self.pipe.meter.peak_bytes if self.pipe else None)
+
+    def memory_predicted(self) -> dict:
+        """What the formulas of ``memory.predict`` say this rank holds, by kind."""
+        return predicted(self, self._rows)
+
+    def scaler_report(self) -> dict:
+        """With fp16: the ``loss_scale`` now and the ``skipped_steps`` (overflows); else {}."""
+        scaler = self.master.scaler if self.master is not None else None
+        return {} if scaler is None else {"loss_scale": scaler.scale,
+                                          "skipped_steps": scaler.skipped_steps}
+
+    # ---- state: with masters, the masters (whole, full precision) are the parameters
+    def state_dict(self) -> dict:
+        return save_state(self) if self.master is not None else super().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        return load_state(self, state) if self.master is not None else super().load_state_dict(state)
+
+    def full_parameters(self) -> dict:
+        with master_values(self):
+            return super().full_parameters()
 
 def _width(stage, which: str) -> int:
     """Width entering (``in_features``) or leaving (``out_features``) a stage."""
