@@ -10,6 +10,7 @@ training step S (counted from 1 over the whole run):
 
 Each fault fires once per run: before firing, the worker creates a marker file for it in the
 run's private folder (``O_CREAT | O_EXCL``), so a job restarted after the fault goes on past it.
+The marker holds the moment it fired (``time.time()``), which ``fired_at`` reads back.
 """
 
 from __future__ import annotations
@@ -69,10 +70,22 @@ def maybe_fire(faults, rank: int, step: int, marker_dir: str) -> None:
             continue
         marker = os.path.join(marker_dir, f"fault-{index}")
         try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             continue  # fired before a restart
+        os.write(fd, repr(time.time()).encode())
+        os.close(fd)
         _fire(fault)
+
+
+def fired_at(marker_dir: str) -> dict:
+    """``{fault index: unix time it fired}`` for the faults of this run that have fired."""
+    out = {}
+    for name in os.listdir(marker_dir):
+        if name.startswith("fault-"):
+            with open(os.path.join(marker_dir, name)) as f:
+                out[int(name[len("fault-"):])] = float(f.read() or "nan")
+    return out
 
 
 def _fire(fault: Fault) -> None:

@@ -10,6 +10,8 @@ hook (some are collectives); hooks that print or write act on the main rank only
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ from ..parallel.memory import KINDS, format_table, human_bytes
 from ..parallel.stats import StepStats
 from ..cluster.faults import maybe_fire, parse_fault
 from . import checkpoint
+from .heartbeats import heartbeats
 from .config import TrainConfig
 from ..files import atomic_write, atomic_write_text
 from .trace import gather_events, write_chrome_trace
@@ -95,11 +98,17 @@ class Checkpoints(Hook):
                 self.printer.emit(strategy, line)
         epoch, step, history, partial = checkpoint.resume(strategy, self.cfg, say)
         progress.epoch, progress.step, progress.history = epoch, step, history
+        self.resumed = {"epoch": epoch, "step": step,
+                        "global_step": epoch * progress.steps_per_epoch + step}
         if partial is not None:  # the summed stats so far: the main rank carries them
             progress.partial = (StepStats(partial[0], int(partial[1]), int(partial[2]))
                                 if strategy.is_main else StepStats(0.0, 0, 0))
 
+    resumed = None  # where a resumed run started, and when its first step ended
+
     def on_step_end(self, strategy, progress):
+        if self.resumed is not None and "first_step_unix" not in self.resumed:
+            self.resumed["first_step_unix"] = time.time()
         every = self.cfg.checkpoint_every
         if (self.cfg.checkpoint_dir and every and progress.global_step % every == 0
                 and progress.step < progress.steps_per_epoch):  # epoch ends save below
@@ -109,6 +118,10 @@ class Checkpoints(Hook):
     def on_epoch_end(self, strategy, history):
         if self.cfg.checkpoint_dir:
             checkpoint.save_position(strategy, self.cfg, history[-1]["epoch"], 0, history, None)
+
+    def on_end(self, strategy, metrics):
+        if self.resumed is not None:
+            metrics["resumed"] = self.resumed
 
 
 class InjectFaults(Hook):
@@ -142,6 +155,30 @@ class MemoryMetrics(Hook):
                 self.printer.emit(strategy, table)
             elif strategy.is_main:
                 print(table, flush=True)
+
+
+class Heartbeat(Hook):
+    """A supervised run's sign of life, for ``restarts.Watchdog``: row ``rank`` of the run's
+    ``heartbeats`` file (a small shared array, ``restarts.heartbeats``) holds when this rank last
+    made progress, whether it is waiting inside a collective, and its pid."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.row = run_dir, None
+
+    def on_start(self, strategy, progress):
+        table = heartbeats(self.run_dir, strategy.comm.world_size, mode="r+")
+        self.row = table[strategy.rank]
+        self.row[:] = (time.time(), 0.0, os.getpid())
+        for comm in {id(c): c for c in (strategy.comm, *strategy.mesh.comms())}.values():
+            comm.hooks.append(self._collective)
+
+    def _collective(self, event, op, rank, t_s, nbytes) -> None:
+        self.row[1] = event == "start"  # waiting on peers is not a stall
+        if event == "end":
+            self.row[0] = time.time()
+
+    def on_step_end(self, strategy, progress):
+        self.row[0] = time.time()
 
 
 class CommMetrics(Hook):
@@ -190,6 +227,8 @@ def default_hooks(cfg: TrainConfig, log=None, tracer=None, run_dir=None) -> list
     printer = PrintEpochs(cfg, log) if cfg.verbose or log is not None else None
     hooks = [printer] if printer is not None else []
     hooks.append(Checkpoints(cfg, printer))
+    if run_dir is not None:
+        hooks.append(Heartbeat(run_dir))
     if cfg.fault:
         hooks.append(InjectFaults(cfg, run_dir))
     hooks += [CommMetrics(), MemoryMetrics(cfg, printer)]

@@ -15,9 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
+import time
+
+import numpy as np
 
 from ..cluster import WorkerError, launch
+from ..cluster.faults import fired_at, parse_fault
+from ..comm.base import timeout_default
+from .heartbeats import heartbeats
 
 
 def supervise(cfg, arrays, options: dict, run_dir: str, worker) -> dict:
@@ -29,14 +37,20 @@ def supervise(cfg, arrays, options: dict, run_dir: str, worker) -> dict:
     attempt_cfg = cfg
     for attempt in range(cfg.max_restarts + 1):
         try:
-            metrics = launch(worker, attempt_cfg.world_size, args=(attempt_cfg, arrays, None,
-                                                                   run_dir),
-                             backend=cfg.backend, **_for_world(options, attempt_cfg))[0]
+            with Watchdog(run_dir, attempt_cfg.world_size, 0.75 * timeout_default()) as watchdog:
+                metrics = launch(worker, attempt_cfg.world_size,
+                                 args=(attempt_cfg, arrays, None, run_dir),
+                                 backend=cfg.backend, **_for_world(options, attempt_cfg))[0]
             metrics["restarts"] = attempt
+            if attempt:
+                _add_recovery(metrics, cfg, run_dir)
             return metrics
         except WorkerError as exc:
+            if watchdog.stopped is not None:  # name the rank that stalled, not its peers
+                exc = WorkerError(watchdog.stopped, f"stalled: no training step for "
+                                  f"{watchdog.limit_s:g} s, stopped by the supervisor")
             if attempt == cfg.max_restarts:
-                raise
+                raise exc from None
             failures[exc.rank] = failures.get(exc.rank, 0) + 1
             attempt_cfg = dataclasses.replace(attempt_cfg, resume=True)
             shrunk = _fewer_workers(attempt_cfg, cfg.min_workers, failures[exc.rank])
@@ -47,6 +61,67 @@ def supervise(cfg, arrays, options: dict, run_dir: str, worker) -> dict:
                   f"newest checkpoint on {attempt_cfg.world_size} worker(s)",
                   file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
+
+
+class Watchdog:
+    """A thread that stops (SIGKILL) a worker that has stalled: its heartbeat (``heartbeats``)
+    has not moved for ``limit_s`` while it was not waiting inside a collective. A stall then
+    fails the job even where no peer waits on the stalled rank (one worker), and before its
+    peers' collectives time out, so the stalled rank is the one named. It signals only pids
+    that its heartbeat table names and that descend from this process."""
+
+    def __init__(self, run_dir: str, world_size: int, limit_s: float, poll_s: float = 0.2):
+        self.limit_s, self.poll_s = limit_s, poll_s
+        self.table = heartbeats(run_dir, world_size, mode="w+")
+        self.stopped = None  # the rank it stopped
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        return False
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.poll_s):
+            now = time.time()
+            for rank, (last_s, waiting, pid) in enumerate(np.array(self.table)):
+                if last_s and not waiting and now - last_s > self.limit_s \
+                        and _is_descendant(int(pid)):
+                    self.stopped = rank
+                    os.kill(int(pid), signal.SIGKILL)
+                    return
+
+
+def _is_descendant(pid: int) -> bool:
+    """Is ``pid`` a process this one started (a child, or a child's child...)?"""
+    me = os.getpid()
+    for _ in range(4):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == me:
+            return True
+    return False
+
+
+def _add_recovery(metrics: dict, cfg, run_dir: str) -> None:
+    """``recovery_seconds`` (from the last injected fault firing to the restarted job's first
+    step) and ``lost_steps`` (steps between the checkpoint resumed and that fault)."""
+    fired = {i: t for i, t in fired_at(run_dir).items()
+             if parse_fault(cfg.fault[i]).kind != "slow"}  # a slow node fails nothing
+    resumed = metrics.get("resumed")
+    if not fired or not resumed or "first_step_unix" not in resumed:
+        return
+    last = max(fired, key=fired.get)
+    metrics["recovery_seconds"] = resumed["first_step_unix"] - fired[last]
+    metrics["lost_steps"] = parse_fault(cfg.fault[last]).step - resumed["global_step"]
 
 
 def _fewer_workers(cfg, min_workers, failures_of_rank: int):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+import numpy as np
 import shutil
 import tempfile
 
@@ -94,6 +96,8 @@ def requested_device(cfg: TrainConfig) -> str:
 def worker(comm, cfg: TrainConfig, arrays=None, log=None, run_dir=None):
     """One rank's whole run; rank 0 returns the metrics dict, the others None."""
     x_train, y_train, x_test, y_test = arrays if arrays is not None else load_arrays(cfg)
+    # features in the model's dtype (given arrays may be float64 for a float32 model)
+    x_train, x_test = (np.asarray(x, dtype=cfg.dtype) for x in (x_train, x_test))
     cfg = dataclasses.replace(cfg, device=backend.resolve_device(requested_device(cfg)))
     if cfg.device == "gpu":
         if comm.world_size > 1:  # the GPU of this worker's local rank; collectives via host
