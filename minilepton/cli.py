@@ -13,6 +13,7 @@ line, with status 1. ``--debug`` shows the traceback instead. Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from . import __version__
 from .backend import DeviceError
 from .bench import main as run_bench
 from .bench import names as bench_names
+from .cli_simulate import add_calibrate_parser, add_simulate_parser, run_calibrate, run_simulate
 from .engine.config import (
     BACKENDS,
     BALANCES,
@@ -34,6 +36,7 @@ from .engine.config import (
     SCHEDULES,
     TrainConfig,
 )
+from .cluster import WorkerError
 from .engine.run import OtherRankError, train
 from .examples import logistic
 
@@ -46,16 +49,21 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwinds like Ctrl-C, so workers are stopped and files cleaned up."""
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated
-
-
 @contextmanager
 def _sigterm_unwinds():
-    """SIGTERM raises ``Terminated`` in the main thread while the command runs."""
+    """SIGTERM raises ``Terminated`` in the main thread while the command runs (in this
+    process only: a forked worker that inherits the handler dies of the signal as usual)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    owner = os.getpid()
+
+    def _raise_terminated(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=Help)
     bench.add_argument("name", nargs="?", help="the benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="its options")
+    add_simulate_parser(sub, Help, _add_train_arguments)
+    add_calibrate_parser(sub, Help)
     return parser
 
 
@@ -208,7 +218,7 @@ def _bench_description() -> str:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A validated TrainConfig from parsed ``train`` arguments (ValueError when inconsistent)."""
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["hidden"] = tuple(args.hidden) if args.hidden else (128,)
     values["verbose"] = not args.quiet
     return TrainConfig(**values)
@@ -225,6 +235,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "example":
         return logistic.main(as_json=args.json)
+    if args.command == "simulate":
+        return run_simulate(args, config_from_args)
+    if args.command == "calibrate":
+        return run_calibrate(args)
     if args.name is None:
         raise UsageError(f"bench needs a NAME. {_bench_description()}")
     return run_bench(args.name, args.args, parser_class=_Parser)
@@ -263,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         expected = isinstance(exc, _expected_errors())
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not expected:
+        if isinstance(exc, WorkerError):  # "worker rank R failed: <its exception>"
+            message += " (rerun with --debug for the worker's traceback)"
+        elif not expected:
             message = f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)"
         print(f"minilepton: error: {message}", file=sys.stderr)
         return EXIT_USAGE if expected else EXIT_FAILURE

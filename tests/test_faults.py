@@ -175,4 +175,4 @@ def test_the_cli_reports_a_failed_job_in_one_line_with_exit_1(capsys):
                  "--fault", "raise:rank=1:step=2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
-    assert err[0].startswith("minilepton: error: WorkerError: worker rank 1 failed")
+    assert err[0].startswith("minilepton: error: worker rank 1 failed: InjectedFault")

@@ -26,8 +26,9 @@ from .hooks import Progress, default_hooks, format_epoch  # noqa: F401 - format_
 PROGRESS_MIN_BATCHES = 200  # a progress bar only for epochs longer than this
 
 
-class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite: the run has diverged."""
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run has diverged (a failure during the
+    run, exit status 1, in one process and in workers alike)."""
 
 
 def _progress(strategy, n_batches: int, desc: str):
