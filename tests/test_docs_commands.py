@@ -167,7 +167,7 @@ def check_command(command: str) -> None:
             args, extra = cli.build_parser().parse_known_args(argv)
         if extra:
             raise AssertionError(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "train":
+        if args.command in ("train", "simulate"):
             cli.config_from_args(args)
         elif args.command == "bench":
             if args.name is None:
@@ -270,10 +270,10 @@ def test_hidden_takes_several_sizes_after_one_flag_or_the_flag_repeated():
 def _subparsers():
     parser = cli.build_parser()
     choices = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
-    return {name: choices[name] for name in ("train", "example", "bench")}
+    return {name: choices[name] for name in ("train", "example", "bench", "simulate", "calibrate")}
 
 
-@pytest.mark.parametrize("name", ["train", "example", "bench"])
+@pytest.mark.parametrize("name", ["train", "example", "bench", "simulate", "calibrate"])
 def test_help_gives_every_flag_a_line_and_its_default(name):
     sub = _subparsers()[name]
     formatter = sub._get_formatter()

@@ -1,0 +1,84 @@
+"""Seconds of one micro-batch on one pipeline stage: products, memory-bound work, messages.
+
+For each layer shard and a micro-batch of b samples (``Shard.gemms`` rows scaled by b):
+
+    forward   Σ t(m, k, n)                         the products
+              + memory(bytes_fwd · b)              normalisation, activations, softmax, …
+              + engine blocks · c_block / 3        (measured profiles: the engine's Python)
+    backward  Σ [ t(k, m, n) + t(m, n, k) ]        weight and input gradients (no input
+              + memory(bytes_bwd · b)              gradient for the data), same memory rule
+              + engine blocks · 2 c_block / 3
+    messages  Σ calls · T_op(bytes · b, tp)        the tensor group's all-reduces/all-gathers,
+                                                   by phase (``collectives.Network``)
+
+With recomputation each layer's forward runs again inside backward (its messages too, as in
+Megatron-LM). ``t``, ``memory`` and the engine constants come from the hardware's compute
+model (``accelerator.py`` or ``measured.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageTime:
+    """One micro-batch on one stage: compute and message seconds per phase."""
+
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    recompute_s: float = 0.0
+    messages: dict = field(default_factory=dict)   # "tensor/allreduce" -> seconds (both phases)
+    forward_messages_s: float = 0.0
+    backward_messages_s: float = 0.0
+
+    @property
+    def fwd(self) -> float:
+        return self.forward_s + self.forward_messages_s
+
+    @property
+    def bwd(self) -> float:
+        return self.backward_s + self.recompute_s + self.backward_messages_s
+
+    def scaled(self, speed: float) -> StageTime:
+        """The same work on a device ``speed`` times as fast (messages unchanged)."""
+        return StageTime(self.forward_s / speed, self.backward_s / speed,
+                         self.recompute_s / speed, dict(self.messages),
+                         self.forward_messages_s, self.backward_messages_s)
+
+
+def stage_time(shards, micro_batch: float, hardware, precision: str, tp: int,
+               recompute: bool, threads: int = 1) -> StageTime:
+    """Seconds of one micro-batch of ``micro_batch`` samples through ``shards``."""
+    dev = hardware.compute
+    net = hardware.network("model")
+    engine = getattr(dev, "engine", None)
+    block_s = engine["block_s"] if engine else 0.0
+    out = StageTime()
+    for shard in shards:
+        fwd = bwd = 0.0
+        for rows, k, n, batch, needs_dx in shard.gemms:
+            m = rows * micro_batch
+            fwd += dev.matmul_seconds(m, k, n, precision, batch, threads=threads)
+            bwd += dev.matmul_seconds(k, m, n, precision, batch, threads=threads)
+            if needs_dx:
+                bwd += dev.matmul_seconds(m, n, k, precision, batch, threads=threads)
+        array = max(shard.activations * micro_batch / 2, 1.0)
+        fwd += dev.memory_seconds(shard.memory_fwd * micro_batch, array_bytes=array)
+        bwd += dev.memory_seconds(shard.memory_bwd * micro_batch, array_bytes=array)
+        fwd += shard.blocks * block_s / 3
+        bwd += shard.blocks * 2 * block_s / 3
+        again = recompute and bool(shard.gemms)
+        for phase, op, nbytes, calls in shard.messages:
+            t = calls * getattr(net, op)(nbytes * micro_batch, tp, 1)
+            repeats = 2 if again and phase == "forward" else 1
+            out.messages[f"tensor/{op}"] = out.messages.get(f"tensor/{op}", 0.0) + repeats * t
+            if phase == "forward":
+                out.forward_messages_s += t
+            if phase == "backward" or repeats == 2:
+                out.backward_messages_s += t
+        out.forward_s += fwd
+        out.backward_s += bwd
+        if again:
+            out.recompute_s += fwd
+    return out
