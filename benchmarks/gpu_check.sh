@@ -2,7 +2,7 @@
 # The whole GPU check in one command, for one short run on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_check.sh [LOG]        (default LOG: gpu_check.log)
 # 1. what the machine has (nvidia-smi, CuPy, PyTorch);
-# 2. the GPU tests (tests/test_gpu.py, `-m gpu`), which fail rather than skip here
+# 2. the GPU tests (tests/test_gpu.py, tests/test_gpu_memory.py), which fail rather than skip here
 #    (MINILEPTON_REQUIRE_GPU=1), plus the CPU-side device tests;
 # 3. the step benchmark (benchmarks/gpu_step.py): minilepton vs hand-written CuPy vs PyTorch.
 # Everything runs under one wall-clock limit (GPU_CHECK_TIMEOUT_S, default 480 s) and is
@@ -24,7 +24,7 @@ run_all() {
     fi
     python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" || echo "torch: not installed (the PyTorch column is skipped)"
     echo "== tests (-m gpu, then the device tests)"
-    python -m pytest tests/test_gpu.py tests/test_device.py tests/test_device_runner.py -q -rs --tb=short -p no:cacheprovider || status=1
+    python -m pytest tests/test_gpu.py tests/test_gpu_memory.py tests/test_device.py tests/test_device_runner.py -q -rs --tb=short -p no:cacheprovider || status=1
     echo "== benchmark"
     python benchmarks/gpu_step.py || status=1
     echo "== gpu_check exit status: $status"
