@@ -86,7 +86,7 @@ def _plot(rows, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     p = max(r["workers"] for r in rows)
     chosen = [r for r in rows if r["workers"] == p and r["variant"] in STAGES]
-    kinds = [k for k in KINDS]
+    kinds = list(KINDS)
     colors = plt.cm.tab10.colors
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(chosen) * (p + 1) / 3, 3.8))
     ticks, labels, x = [], [], 0.0
@@ -103,13 +103,15 @@ def _plot(rows, path: str, title: str) -> None:
                 bottom += height
             ticks.append(x + j)
             labels.append(label)
-        ax.text(x + len(bars) / 2 - 0.5, ax.get_ylim()[1] * 0.02, r["variant"], ha="center",
-                va="bottom", fontsize=8, color="black", rotation=90)
+        top = max(sum(m.get(k) or 0 for k in kinds) for _, m in bars) / 2 ** 20
+        ax.text(x + len(bars) / 2 - 0.5, top * 1.02, r["variant"], ha="center", va="bottom",
+                fontsize=9)
         x += len(bars) + 1
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("MiB per rank")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    ax.legend(fontsize=7, ncol=5, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
