@@ -150,6 +150,7 @@ def test_memory_runs_resume_bitwise_and_on_another_layout(arrays, tmp_path, memo
     (["--zero", "1", "--workers", "2", "--compress", "fp16"], "reduce-scatters instead"),
     (["--precision", "bf16", "--compress", "topk:0.1", "--workers", "2"], "16-bit already"),
     (["--precision", "bf16", "--device", "gpu"], "CuPy arrays cannot hold"),
+    (["--precision", "fp16", "--workers", "2", "--sync-every", "2"], "float32 masters"),
     (["--grad-accum", "64", "--workers", "2"], "more micro-steps than samples"),
 ])
 def test_impossible_memory_combinations_are_one_line(flags, message, capsys):

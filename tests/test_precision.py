@@ -164,3 +164,37 @@ def test_16_bit_activations_take_half_the_bytes():
     for name in ("bf16", "fp16"):
         low = one_step(name, sizes)[0].memory_bytes()
         assert low["activations_peak_bytes"] == plain // 2 + 64 * 10 * 4  # + float32 logits
+
+
+def layout_worker(comm, layout, precision):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(48, 12)).astype(F32), rng.integers(0, 5, 48)
+    strategy = ParallelStrategy(Mesh(comm, *layout), ml.nn.mlp([12, 16, 16, 5], seed=3),
+                                lambda ps: ml.optim.SGD(ps, lr=0.5), precision=precision,
+                                micro_batches=2)
+    for step in range(3):
+        idx = strategy.local_indices(np.arange(16 * step, 16 * step + 16))
+        strategy.train_step(x[idx], y[idx], 16)
+    out = strategy.full_parameters()
+    strategy.mesh.close()
+    return out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("layout, backend", [((1, 2, 2), "shm"), ((2, 1, 1), "shm"),
+                                             pytest.param((2, 2, 1), "mpi",
+                                                          marks=pytest.mark.mpi)])
+def test_16_bit_runs_on_tensor_pipeline_and_mpi_layouts(layout, backend):
+    """bf16 and fp16 over dp, tp × pp (16-bit activations between stages) and MPI: the whole
+    parameters stay near the float32 run's (the sums differ from one process's in order)."""
+    if backend == "mpi":
+        pytest.importorskip("mpi4py")
+    size = int(np.prod(layout))
+    start = ml.nn.mlp([12, 16, 16, 5], seed=3).state_dict()
+    ref = launch(layout_worker, size, args=(layout, "fp32"), backend=backend, timeout_s=60)[0]
+    for name, tolerance in (("bf16", 0.10), ("fp16", 0.02)):  # on the change of 3 steps
+        got = launch(layout_worker, size, args=(layout, name), backend=backend, timeout_s=60)
+        for k in ref:
+            moved = ref[k] - start[k]
+            assert np.linalg.norm(got[0][k] - ref[k]) <= tolerance * np.linalg.norm(moved), k
+            assert all(np.array_equal(r[k], got[0][k]) for r in got)

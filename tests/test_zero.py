@@ -100,7 +100,7 @@ cases = st.lists(st.builds(
 
 
 @pytest.mark.timeout(150)
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(1, 4), cases)
 def test_zero_stages_and_accumulation_equal_plain_data_parallelism(world_size, cases):
     results = cluster_launch(zero_worker, world_size, args=((world_size, 1, 1), cases, VARIANTS),
@@ -145,3 +145,14 @@ def test_each_stage_shards_what_it_promises():
                 assert ratio == pytest.approx(1 / P + 1640 / psi, abs=0.01)
             else:
                 assert ratio == pytest.approx(1 / P, abs=0.01)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_zero_over_mpi_equals_plain_data_parallelism_bitwise():
+    pytest.importorskip("mpi4py")
+    case = Case([5, 7, 4], 21, 6, "adam", 64, 11)
+    chosen = {name: VARIANTS[name] for name in ("plain", "zero1", "zero2", "zero3", "accum")}
+    results = cluster_launch(zero_worker, 3, args=((3, 1, 1), [case], chosen), backend="mpi",
+                             timeout_s=90)
+    check(results, chosen)

@@ -27,6 +27,9 @@ def memory_conflict(*, zero: int = 0, precision: str = "fp32", grad_accum: int =
         return "overlap applies to the gradient all-reduce; --zero reduce-scatters instead"
     if zero and device == "gpu":
         return "--zero runs on the CPU; use --device cpu"
+    if precision != "fp32" and sync_every > 1:
+        return (f"local SGD (--sync-every > 1) averages the model's parameters; with --precision "
+                f"{precision} the optimizer steps float32 masters, which it would not average")
     if precision == "bf16" and device == "gpu":
         return ("--precision bf16 needs ml_dtypes' bfloat16, which CuPy arrays cannot hold; "
                 "use --precision fp16 on a GPU")

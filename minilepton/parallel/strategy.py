@@ -173,9 +173,9 @@ class ParallelStrategy(Strategy):
 
     def _forward_backward(self, x, y, batch) -> StepStats:
         """Forward and backward of (x, y), the loss Σ ℓ / ``batch``; stats over its samples."""
-        if not len(y) and (self.zero < 2 or self.pipe is not None):  # an empty shard adds
-            return StepStats(0.0, 0, 0)  # zeros to the all-reduce; ZeRO 2-3 run it (their
-        if self.pipe is not None:        # backward and forward hold collectives)
+        if not len(y) and (self.zero < 2 or self.pipe is not None):
+            return StepStats(0.0, 0, 0)  # adds zeros (ZeRO 2-3 run it: it holds collectives)
+        if self.pipe is not None:
             return self.pipe.train_step(x, y, batch)
         count = len(y) > self._rows  # activations are measured for each new, larger batch
         self._rows = max(self._rows, len(y))
