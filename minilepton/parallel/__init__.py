@@ -9,6 +9,8 @@
 - ``strategy``: ``ParallelStrategy``, tensor → pipeline → data composed over one mesh.
 - ``stats``: the summed loss and the statistics every strategy reports.
 - opt-in extras, one file each: ``overlap``, ``compression``, ``local_sgd``, ``balance``.
+- memory, one file each: ``zero`` (ZeRO stages 1-3), ``recompute``, ``precision`` (and
+  ``masters``, the full-precision weights the optimizer steps), ``memory`` (bytes per rank).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _EXPORTS = {
     "Mesh": "mesh",
     "OverlappedDataParallel": "overlap",
     "LocalSGD": "local_sgd",
+    "ZeroDataParallel": "zero",
     "ParallelStrategy": "strategy",
     "SingleProcess": "strategy",
 }
