@@ -64,7 +64,7 @@ class Channels:
         ctr, meta, slots = self._channel(self.rank, dst)
         head = self._head[dst]
         if head - ctr[LINE] >= self.n_slots:
-            wait_value(lambda: ctr[LINE], head - self.n_slots + 1, self.timeout_s,
+            wait_value(ctr, LINE, head - self.n_slots + 1, self.timeout_s,
                        lambda: f"send to rank {self.members[dst]}: channel full and not drained",
                        self.spin_s)
         s = head % self.n_slots
@@ -78,7 +78,7 @@ class Channels:
         ctr, meta, slots = self._channel(src, self.rank)
         tail = self._tail[src]
         if ctr[0] <= tail:
-            wait_value(lambda: ctr[0], tail + 1, self.timeout_s,
+            wait_value(ctr, 0, tail + 1, self.timeout_s,
                        lambda: f"recv from rank {self.members[src]}: nothing arrived", self.spin_s)
         s = tail % self.n_slots
         if meta[s, 0] != total or meta[s, 1] != b - a:

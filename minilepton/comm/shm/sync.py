@@ -50,40 +50,34 @@ def wait_counters(ctr, indices, target: int, timeout_s: float, what, members=Non
             break
     else:
         return
-
-    def arrived():
-        for i in indices:
-            if ctr[i] < target:
-                return False
-        return True
-
-    def stalled():
+    if not _poll(ctr, indices, target, timeout_s, spin_s):
         missing = [i // LINE for i in indices if ctr[i] < target]
         if members is not None:
             missing = [members[r] for r in missing]
-        return (f"{_text(what)}: rank(s) {missing} did not arrive within {timeout_s:g} s "
-                "(stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S if they are just slow")
-
-    _poll(arrived, timeout_s, spin_s, stalled)
+        raise CommError(f"{_text(what)}: rank(s) {missing} did not arrive within {timeout_s:g} s "
+                        "(stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S if they are just slow")
 
 
-def wait_value(read, target: int, timeout_s: float, what,
+def wait_value(ctr, index: int, target: int, timeout_s: float, what,
                spin_s: float = SPIN_S_SHARED) -> None:
-    """Return once ``read() >= target`` (a channel's head or tail); raise CommError after the
-    timeout. ``what`` describes the wait for the error message."""
-    if read() >= target:
-        return
-    _poll(lambda: read() >= target, timeout_s, spin_s,
-          lambda: f"{_text(what)} within {timeout_s:g} s (peer stalled or dead)")
+    """Return once ``ctr[index] >= target`` (a channel's head or tail, advanced by one peer);
+    raise CommError after the timeout. ``what`` describes the wait for the error message."""
+    if ctr[index] < target and not _poll(ctr, (index,), target, timeout_s, spin_s):
+        raise CommError(f"{_text(what)} within {timeout_s:g} s (peer stalled or dead)")
 
 
-def _poll(ready, timeout_s: float, spin_s: float, stalled) -> None:
-    """Call ``ready()`` until it is true: spin for ``spin_s``, then yield the core until
-    ``YIELD_S``, then sleep in growing steps; after ``timeout_s``, CommError(``stalled()``)."""
+def _poll(ctr, indices, target: int, timeout_s: float, spin_s: float) -> bool:
+    """Poll until ``ctr[i] >= target`` for every ``i``: spin for ``spin_s``, then yield the core
+    until ``YIELD_S``, then sleep in growing steps; False once ``timeout_s`` has passed."""
     polls = 0
     t_start = time.monotonic()
     sleep_s = 1e-5
-    while not ready():
+    while True:
+        for i in indices:
+            if ctr[i] < target:
+                break
+        else:
+            return True
         polls += 1
         if polls & 15:
             continue
@@ -94,7 +88,7 @@ def _poll(ready, timeout_s: float, spin_s: float, stalled) -> None:
             yield_core()
             continue
         if waited_s > timeout_s:
-            raise CommError(stalled())
+            return False
         time.sleep(sleep_s)
         sleep_s = min(sleep_s * 2, MAX_SLEEP_S)
 
