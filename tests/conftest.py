@@ -1,4 +1,5 @@
-"""Shared test fixtures: the communication backends a collective suite runs on.
+"""Shared test fixtures: the communication backends a collective suite runs on, and ``cp``,
+the CuPy module for the GPU tests (skipped without a GPU).
 
 ``backend`` runs a test once per backend: ``"shm"`` always, ``"mpi"`` when mpi4py and
 ``mpiexec`` are installed (skipped with the reason otherwise). ``run_job(backend, fn, P, ...)``
@@ -9,6 +10,7 @@ modest arrays already cross many chunk boundaries.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 
 import pytest
@@ -57,3 +59,17 @@ def run_job(backend: str, fn, world_size: int, args=(), **kwargs):
     if backend == "shm":
         kwargs.setdefault("config", small_config())
     return launch(fn, world_size, args=args, backend=backend, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    """The cupy module, or a skip (a failure under MINILEPTON_REQUIRE_GPU=1) saying why not."""
+    from minilepton import backend
+
+    try:
+        backend.resolve_device("gpu")
+    except backend.DeviceError as exc:
+        if os.environ.get("MINILEPTON_REQUIRE_GPU") == "1":
+            pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    return backend.namespace("gpu")

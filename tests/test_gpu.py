@@ -11,8 +11,6 @@ have one (``benchmarks/gpu_check.sh`` sets ``MINILEPTON_REQUIRE_GPU=1``) they fa
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from test_device import dp_sgd_steps  # the same data-parallel SGD, run here on a real GPU
@@ -22,18 +20,6 @@ from minilepton import backend
 from minilepton.autograd import losses
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def cp():
-    """The cupy module, or a skip (a failure under MINILEPTON_REQUIRE_GPU=1) saying why not."""
-    try:
-        backend.resolve_device("gpu")
-    except backend.DeviceError as exc:
-        if os.environ.get("MINILEPTON_REQUIRE_GPU") == "1":
-            pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    return backend.namespace("gpu")
 
 
 # ---------------------------------------------------------------- every op, both devices

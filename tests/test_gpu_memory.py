@@ -9,27 +9,13 @@ accumulation are device-blind. Run with ``pytest -m gpu``; skipped without CuPy 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from minilepton import backend
 from minilepton.engine import run as runner
 from minilepton.engine.config import TrainConfig
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def cp():
-    try:
-        backend.resolve_device("gpu")
-    except backend.DeviceError as exc:
-        if os.environ.get("MINILEPTON_REQUIRE_GPU") == "1":
-            pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    return backend.namespace("gpu")
 
 
 def _arrays(n=512, features=20, classes=4, seed=3):

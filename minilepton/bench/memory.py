@@ -13,7 +13,6 @@ Files are written only where ``--json`` and ``--figure`` say.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -26,6 +25,7 @@ from ..cluster import launch
 from ..parallel.memory import KINDS, human_bytes
 from ..parallel.mesh import Mesh
 from ..parallel.strategy import ParallelStrategy
+from ._common import parse_sizes, save_figure, save_json
 
 STAGES = {"plain": {}, "zero1": {"zero": 1}, "zero2": {"zero": 2}, "zero3": {"zero": 3}}
 EXTRAS = {"recompute": {"recompute": True}, "bf16": {"precision": "bf16"},
@@ -113,18 +113,11 @@ def _plot(rows, path: str, title: str) -> None:
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
     ax.legend(fontsize=7, ncol=5, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:
-    try:
-        workers = sorted({int(w) for w in args.workers.split(",")})
-        hidden = [int(h) for h in args.hidden.split(",") if h]
-    except ValueError:
-        raise ValueError("--workers and --hidden take comma-separated integers") from None
+    workers, hidden = parse_sizes(args.workers, args.hidden)
     extras = [e for e in args.extras.split(",") if e]
     unknown = [e for e in extras if e not in EXTRAS]
     if unknown:
@@ -172,9 +165,7 @@ def run(args) -> int:
               "blas_threads": args.blas_threads, "steps": args.steps, "rounds": args.rounds,
               "arguments": vars(args), "results": rows}
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        save_json(result, args.json)
     if args.figure:
         _plot(rows, args.figure, f"{model}, Adam: bytes per rank at P = {max(workers)} "
                                  "(hatched: predicted)")

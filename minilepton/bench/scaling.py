@@ -14,8 +14,6 @@ single steps is reported too: on a shared machine it is the least disturbed esti
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 
@@ -27,6 +25,7 @@ from ..cluster import launch
 from ..cluster.launcher import BACKENDS
 from ..parallel.mesh import Mesh
 from ..parallel.strategy import ParallelStrategy
+from ._common import parse_sizes, save_figure, save_json
 
 
 def add_arguments(parser) -> None:
@@ -107,18 +106,11 @@ def _plot(rows, path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args) -> int:
-    try:
-        workers = sorted({int(w) for w in args.workers.split(",")})
-        hidden = [int(h) for h in args.hidden.split(",") if h]
-    except ValueError:
-        raise ValueError("--workers and --hidden take comma-separated integers") from None
+    workers, hidden = parse_sizes(args.workers, args.hidden)
     if not workers or min(workers) < 1 or args.batch_size < 1 or args.steps < 1:
         raise ValueError("--workers, --batch-size and --steps must be positive")
     sizes = [784, *hidden, 10]
@@ -180,9 +172,7 @@ def run(args) -> int:
               f"{r['bytes_per_step']:>11.0f}  "
               + " ".join(f"{x:.2f}" for x in r["round_speedups"]))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        save_json(result, args.json)
     if args.figure:
         _plot(rows, args.figure, f"{mode} scaling, {result['model']}, batch {args.batch_size}, "
                                  f"{cpu_count()} cores")
