@@ -7,6 +7,7 @@ each rank's result bit for bit. Jobs batch many cases to keep the number of mpie
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,14 @@ pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (pip install 
 
 from test_collectives import data, fold  # noqa: E402 - rank inputs, the rank-order fold
 
-from minilepton.cluster.mpi_launch import find_mpiexec, in_mpi_job  # noqa: E402
+from minilepton.cluster import WorkerError, launch, simulate  # noqa: E402
+from minilepton.cluster.mpi_launch import (  # noqa: E402
+    _sweep_dead_jobs,
+    find_mpiexec,
+    in_mpi_job,
+    launch_mpi,
+)
+from minilepton.cluster.simulate import PROFILES  # noqa: E402
 from minilepton.comm.mpi import block_bounds, ring_order  # noqa: E402
 
 MPIEXEC = find_mpiexec()
@@ -35,15 +43,7 @@ OPS = {"sum": np.add, "mean": np.add, "max": np.maximum}
 
 
 def _launch(*args, **kwargs):
-    from minilepton.cluster import launch  # noqa: PLC0415
-
     return launch(*args, backend="mpi", **kwargs)  # job_timeout_s= goes on to launch_mpi
-
-
-def _worker_error():
-    from minilepton.cluster import WorkerError  # noqa: PLC0415
-
-    return WorkerError
 
 
 def reference(case, P):
@@ -166,15 +166,11 @@ def test_hypothesis_random_world_sizes_and_shapes(P, n, dtype, seed, op, rows):
 
 
 def simulated_job(comm):
-    from minilepton.cluster import simulate  # noqa: PLC0415
-
     return comm.link, simulate.node_speeds(), simulate.node_speed(), os.environ["WORLD_SIZE"]
 
 
 @pytest.mark.timeout(30)
 def test_the_simulated_cluster_options_reach_the_ranks():
-    from minilepton.cluster.simulate import PROFILES  # noqa: PLC0415
-
     results = _launch(simulated_job, 2, link="1gbe", node_speeds=[1.0, 0.5])
     assert results == [(PROFILES["1gbe"], [1.0, 0.5], 1.0, "2"),
                        (PROFILES["1gbe"], [1.0, 0.5], 0.5, "2")]
@@ -183,8 +179,6 @@ def test_the_simulated_cluster_options_reach_the_ranks():
 
 
 def logging_job(comm):
-    import logging  # noqa: PLC0415
-
     logging.getLogger("minilepton.test").warning("hello from the ranks")
     return comm.rank
 
@@ -279,7 +273,7 @@ def _assert_all_gone(job_tmp, P, before_segments):
 def test_failing_rank_aborts_the_job_and_names_it(job_tmp, job, rank, words, kwargs):
     segments = _orphan_segments()
     t0 = time.monotonic()
-    with pytest.raises(_worker_error()) as info:
+    with pytest.raises(WorkerError) as info:
         _launch(job, 3, args=(str(job_tmp[0]),), **kwargs)
     assert time.monotonic() - t0 < 15
     assert info.value.rank in (rank if isinstance(rank, tuple) else (rank,))
@@ -291,8 +285,6 @@ def test_failing_rank_aborts_the_job_and_names_it(job_tmp, job, rank, words, kwa
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_a_stopped_or_killed_launcher_takes_every_rank_with_it(job_tmp, sig):
-    from minilepton.cluster.mpi_launch import _sweep_dead_jobs  # noqa: PLC0415
-
     pid_dir, launcher_tmp = job_tmp
     code = textwrap.dedent(f"""
         import signal, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -368,9 +360,7 @@ def test_in_mpi_job_reads_the_process_manager_environment(monkeypatch):
 
 @pytest.mark.timeout(30)
 def test_bad_arguments_fail_with_one_clear_line():
-    from minilepton.cluster.mpi_launch import launch_mpi  # noqa: PLC0415
-
     with pytest.raises(ValueError, match="world_size must be a positive int"):
         launch_mpi(allreduce_job, 0)
-    with pytest.raises(_worker_error(), match="unknown MPI all-reduce algorithm 'tree'"):
+    with pytest.raises(WorkerError, match="unknown MPI all-reduce algorithm 'tree'"):
         _launch(allreduce_job, 2, args=([((4,), np.float32, 0, "sum", "tree")],))

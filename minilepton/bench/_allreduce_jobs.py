@@ -40,7 +40,7 @@ def minilepton_job(comm, sizes, paths, algorithm, repeats, target_ms):
 
 def raw_mpi_job(comm, sizes, repeats, target_ms):
     """The baseline: mpi4py's blocking ``Allreduce`` on a NumPy array, nothing of ours."""
-    from mpi4py import MPI  # noqa: PLC0415 - optional dependency; runs under mpiexec only
+    from mpi4py import MPI  # optional; these ranks run under mpiexec, MPI is started
 
     world = comm.comm
     buffers = {"private": np.zeros(max(sizes) // 4, np.float32)}

@@ -13,6 +13,7 @@ import platform
 import numpy as np
 
 from .. import __version__
+from ._common import save_figure
 
 
 def rows(P, runs, sizes) -> list[dict]:
@@ -30,7 +31,7 @@ def rows(P, runs, sizes) -> list[dict]:
 
 def machine(library, blas_threads) -> dict:
     try:
-        from mpi4py import __version__ as mpi4py_version  # noqa: PLC0415 - no MPI init
+        from mpi4py import __version__ as mpi4py_version  # optional; this does not start MPI
     except ImportError:
         mpi4py_version = None
     return {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -80,10 +81,10 @@ COLOR = {("shm", "arena"): "tab:blue", ("shm", "private"): "tab:cyan",
 
 def plot(result, path: str) -> None:
     """busbw against size, one panel per world size, one line per contender and path."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # optional, for --figure only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     rows = result["results"]
     sizes_P = sorted({r["P"] for r in rows})
@@ -114,7 +115,4 @@ def plot(result, path: str) -> None:
     fig.suptitle(f"{machine['cores']} cores, {machine['cpu']}; medians"
                  + (f"; load average {load:.1f} at the end" if load is not None else ""),
                  fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

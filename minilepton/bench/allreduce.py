@@ -16,8 +16,6 @@ speed relative to the MPICH baseline (>1: faster).
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import sys
 
 from ..cluster import launch
@@ -26,6 +24,7 @@ from ..cluster.mpi_launch import find_mpiexec
 from ..comm.shm.arena import parse_bytes
 from ._allreduce_jobs import minilepton_job, raw_mpi_job
 from ._allreduce_report import format_table, machine, plot, rows
+from ._common import save_json
 
 ALGORITHMS = {"shm": ("rsag", "ring"), "mpi": ("ordered", "native", "ring")}
 PATHS = ("arena", "private")
@@ -129,10 +128,7 @@ def run(args) -> int:
         return 2
     print(format_table(result["results"]))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        save_json(result, args.json)
         print(f"wrote {args.json}")
     if args.figure:
         plot(result, args.figure)

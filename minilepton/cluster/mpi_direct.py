@@ -43,7 +43,7 @@ def unlink_segments(paths) -> None:
 
 def local_rank(world) -> int:
     """This rank's index among the ranks on the same node."""
-    from mpi4py import MPI  # noqa: PLC0415 - optional; MPI is initialised already
+    from mpi4py import MPI  # optional; MPI is initialised already
 
     node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
     try:

@@ -67,7 +67,7 @@ def _apply_simulation(comm, options: dict):
 
 # ---- a rank of a job started by launch_mpi
 def run(payload_path: str, result_dir: str) -> None:
-    from mpi4py import MPI  # noqa: PLC0415 - optional dependency; importing initialises MPI
+    from mpi4py import MPI  # optional dependency; importing it starts MPI
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()

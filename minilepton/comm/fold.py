@@ -22,14 +22,14 @@ def fold(out, rows, ufunc):
         np.copyto(out, rows[0])
         return out
     ufunc(rows[0], rows[1], out=out)
-    for row in rows[2:]:
-        ufunc(out, row, out=out)
+    for q in range(2, len(rows)):
+        ufunc(out, rows[q], out=out)
     return out
 
 
-def block_bounds(n: int, world_size: int) -> np.ndarray:
+def block_bounds(n: int, world_size: int) -> list[int]:
     """Element offsets of the P blocks of an n-element array: block b is [o[b], o[b+1])."""
-    return (np.arange(world_size + 1, dtype=np.int64) * n) // world_size
+    return [b * n // world_size for b in range(world_size + 1)]
 
 
 def ring_order(block: int, world_size: int) -> list[int]:
@@ -41,6 +41,6 @@ def ring_bytes(n: int, itemsize: int, rank: int, world_size: int) -> int:
     """Bytes rank ``rank`` sends in a ring all-reduce of ``n`` elements: the blocks it forwards,
     (r − s) mod P in reduce-scatter step s and (r + 1 − s) mod P in all-gather step s."""
     P, r = world_size, rank
-    o = block_bounds(n, P).tolist()
+    o = block_bounds(n, P)
     blocks = [(r - s) % P for s in range(P - 1)] + [(r + 1 - s) % P for s in range(P - 1)]
     return sum((o[b + 1] - o[b]) * itemsize for b in blocks)

@@ -43,7 +43,7 @@ def cost(how: str, x, rank: int, world_size: int) -> tuple[int, int]:
         return ring_bytes(x.size, x.itemsize, rank, P), 2 * (P - 1)
     if how == "scatter_fold_gather":
         o = block_bounds(x.size, P)
-        mine = int(o[rank + 1] - o[rank]) * x.itemsize
+        mine = (o[rank + 1] - o[rank]) * x.itemsize
         return x.nbytes - mine + (P - 1) * mine, 2 * (P - 1)
     return 2 * (P - 1) * x.nbytes // P, 2 * (P - 1)  # native: what MPI sends is hidden
 

@@ -28,7 +28,7 @@ _SPIN_S = 1.0                 # poll without sleeping this long (MPI only progre
 
 def _mpi():
     try:
-        from mpi4py import MPI  # noqa: PLC0415 - optional dependency, extra [mpi]
+        from mpi4py import MPI  # optional dependency, extra [mpi]
     except ImportError as exc:
         raise CommError(f"the MPI backend needs mpi4py (pip install 'minilepton[mpi]'): {exc}") \
             from None

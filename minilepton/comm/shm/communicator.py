@@ -66,18 +66,13 @@ class ShmCommunicator(Communicator):
         self.channels = Channels(arena, chan_off, P, rank, cfg.channel_slots,
                                  cfg.channel_chunk_bytes, cfg.timeout_s, self.members,
                                  self.spin_s)
-        self._owners: dict = {}      # id(array from zeros) -> (array, offset, slot bytes)
+        self._owners: dict = {}  # id(array from zeros) -> (array, offset, slot bytes, address)
         self._peer_cache: dict = {}
 
     # ---- steps: post "arrived at s", wait for everyone
-    def _post(self) -> int:
-        s = self._step + 1
-        self._step = s
-        self._ctr[self._me] = s
-        return s
-
     def _sync(self, what: str) -> int:
-        s = self._post()
+        s = self._step = self._step + 1
+        self._ctr[self._me] = s
         wait_counters(self._ctr, self._all, s, self.timeout_s, what, self.members,
                       self.spin_s)
         return s
@@ -138,7 +133,7 @@ class ShmCommunicator(Communicator):
         if off < 0:
             raise err or ArenaFullError(f"{what}: does not fit in the shared-memory arena")
         arr = self.arena.view(off + self.rank * slot, shape, dt)
-        self._owners[id(arr)] = (arr, off, slot)
+        self._owners[id(arr)] = (arr, off, slot, arr.__array_interface__["data"][0])
         return arr
 
     def in_arena(self, flat: np.ndarray) -> bool:
@@ -159,8 +154,9 @@ class ShmCommunicator(Communicator):
             info = self._owners.get(id(flat))
             if info is None:
                 return None
-        owner, off, slot = info
-        inner = flat.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+        owner, off, slot, address = info
+        whole = flat.size == owner.size and flat.dtype == owner.dtype  # contiguous: at 0
+        inner = 0 if whole else flat.__array_interface__["data"][0] - address
         key = (off, inner, flat.size, flat.dtype)
         got = self._peer_cache.get(key)
         if got is None:

@@ -61,7 +61,7 @@ def allreduce_arena(comm, flat, ufunc, mean: bool) -> None:
     s0 = comm._sync("allreduce (inputs ready)")
     piece = max(comm.pipeline_bytes // flat.itemsize, 1) if comm.pipeline_bytes else n + 1
     K = max(1, -(-(n // P + 1) // piece))  # the same on every rank
-    bounds = block_bounds(n, P).tolist()
+    bounds = block_bounds(n, P)
     cut = [[bounds[q] + k * (bounds[q + 1] - bounds[q]) // K for k in range(K + 1)]
            for q in range(P)]
     scratch = _scratch(comm, flat.dtype)

@@ -27,7 +27,7 @@ from ..fold import block_bounds
 
 def chunk_bounds(n: int, world_size: int) -> list:
     """Element ranges ``(a, b)`` of the P chunks (``block_bounds``, the cut of every backend)."""
-    return list(pairwise(block_bounds(n, world_size).tolist()))
+    return list(pairwise(block_bounds(n, world_size)))
 
 
 def allreduce(comm, flat, ufunc, mean: bool) -> None:
