@@ -1,7 +1,8 @@
 """The cost model against this machine: predicted and measured samples/s of layouts run here.
 
-In one session: ``minilepton calibrate``'s measurements (in memory, or ``--profile PATH``),
-then for each layout below its prediction (``minilepton simulate`` with the same flags, for a
+In one session: ``minilepton calibrate``'s measurements, once per round interleaved with the
+runs, their median taken value by value (or one profile, ``--profile PATH``), then for each
+layout below its prediction (``minilepton simulate`` with the same flags, for a
 whole epoch of the embedded data set: full batches and the last, partial one) and its
 measurement (``ml.train`` for ``--epochs`` epochs; the median samples/s of the epochs after
 the first, itself the median over ``--rounds`` interleaved rounds). The load average is
@@ -74,6 +75,21 @@ def predicted(cfg, profile: dict) -> dict:
     return {"samples_per_second": samples / seconds, "breakdown": main["breakdown"]}
 
 
+def median_profile(profiles: list):
+    """Leaf by leaf, the median of several calibrations (numbers, and lists of numbers)."""
+    first = profiles[0]
+    if isinstance(first, dict):
+        return {k: median_profile([p[k] for p in profiles]) if all(k in p for p in profiles)
+                else first[k] for k in first}
+    if isinstance(first, list) and first and all(isinstance(p, list) and len(p) == len(first)
+                                                  for p in profiles):
+        return [median_profile([p[i] for p in profiles]) for i in range(len(first))]
+    if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+            isinstance(p, (int, float)) for p in profiles):
+        return statistics.median(profiles)
+    return first
+
+
 def measured(cfg) -> float:
     metrics = ml.train(cfg)
     rates = [e["samples_per_second"] for e in metrics["epochs"][1:]]
@@ -124,18 +140,19 @@ def plot(rows, path: str, note: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 6))
+    fig, ax = plt.subplots(figsize=(10.5, 6))
     xs = [r["measured"] for r in rows]
     ys = [r["predicted"] for r in rows]
     lo, hi = min(xs + ys) / 1.5, max(xs + ys) * 1.5
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
     ax.fill_between([lo, hi], [lo * 0.85, hi * 0.85], [lo * 1.15, hi * 1.15], color="0.9",
                     label="±15 %")
-    for r in rows:
+    for i, r in enumerate(rows, 1):
         ax.errorbar(r["measured"], r["predicted"], xerr=[[r["measured"] - r["min"]],
                                                           [r["max"] - r["measured"]]],
-                    fmt="o", ms=5, capsize=2)
-        ax.annotate(r["name"], (r["measured"], r["predicted"]), fontsize=7,
+                    fmt="o", ms=5, capsize=2,
+                    label=f"{i}. {r['name']} ({100 * r['error']:+.0f} %)")
+        ax.annotate(str(i), (r["measured"], r["predicted"]), fontsize=8,
                     xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -144,7 +161,7 @@ def plot(rows, path: str, note: str) -> None:
     ax.set_xlabel("measured samples/s (median; bars: min-max over rounds)")
     ax.set_ylabel("predicted samples/s (minilepton simulate)")
     ax.set_title(note, fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -167,15 +184,16 @@ def main() -> int:
     args = parser.parse_args()
     chosen = [LAYOUTS[int(i) - 1] for i in args.only.split(",") if i] or LAYOUTS
     t0, load0 = time.time(), load()
+    fixed = None
     if args.profile:
         with open(args.profile) as f:
-            profile = json.load(f)
-    else:
-        profile = calibrate.calibrate(log=lambda line: print(line, file=sys.stderr))
+            fixed = json.load(f)
     runs = {name: [] for name, _ in chosen}
-    loads = []
-    busy_seen = []
+    loads, busy_seen, profiles = [], [], []
     for rnd in range(args.rounds):
+        if fixed is None:  # a calibration per round, interleaved with the runs
+            wait_for_quiet(args.max_busy, args.wait_s)
+            profiles.append(calibrate.calibrate(log=lambda line: print(line, file=sys.stderr)))
         for name, flags in chosen:
             busy = wait_for_quiet(args.max_busy, args.wait_s)
             busy_seen.append(busy)
@@ -185,6 +203,7 @@ def main() -> int:
             print(f"round {rnd + 1}: {name:34} {runs[name][-1]:10.0f} samples/s (other "
                   f"processes {100 * (busy or 0):.0f} % of the cores before; load "
                   f"{loads[-1][0]:.2f} -> {loads[-1][1]:.2f})", file=sys.stderr, flush=True)
+    profile = fixed if fixed is not None else median_profile(profiles)
     rows = []
     for name, flags in chosen:
         p = predicted(config(flags, args.epochs), profile)

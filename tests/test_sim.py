@@ -40,7 +40,7 @@ def fake_profile(cores: int = 2) -> dict:
             "memory": [[1, 1e-9], [1e9, 1.0]],
             "optimizer": {name: {"float32": [[1, 1e-9], [1e6, 1e-3]]} for name in ("adam", "sgd")},
             "engine": {"step_s": 1e-4, "pass_s": 0.0, "block_s": 3e-5, "tensor_s": 1e-5,
-                       "microbatch_s": 0.0},
+                       "microbatch_s": 0.0, "layouts": {}},
             "collectives": {"shm": ops}}
 
 

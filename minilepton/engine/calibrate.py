@@ -3,16 +3,20 @@
 What is timed (each a median over repeats, in this process unless said otherwise):
 
 - **matrix products**: GFLOP/s of ``a @ b`` on a grid of (m, k, n), float32 and float64, with
-  one BLAS thread and with all cores (``sim.measured`` reads between the points);
+  one BLAS thread and with all cores (``sim.measured`` reads between the points), the operands
+  taken in turn from copies that overflow the caches, as in a training step;
 - **memory-bound work**: ``np.add`` on arrays from 1 KiB to 64 MiB (per call: in cache or not);
-- **optimizer updates**: ``Adam.step`` and ``SGD.step`` on one tensor of 16 to 1M elements;
+- **optimizer updates**: ``Adam.step`` and ``SGD.step`` on one tensor of 16 to 1M elements
+  (copies in turn, as for the products);
 - **the engine's own cost**: whole training steps of tiny MLPs (1 to 6 blocks, 8 features, so
   the arithmetic is nothing) on the real strategy; a straight line through them gives the cost
   per step and per block, the optimizer's loop gives the cost per tensor, a pipeline of one
   stage the cost per micro-batch;
 - **collectives** (``calibrate_comm``): worker processes on the shared-memory backend (and MPI
   when installed) time all-reduce, all-gather, reduce-scatter, broadcast and send/recv at
-  P = 2 and 4; a line t = a + b·N per operation is fitted.
+  P = 2 and 4; a line t = a + b·N per operation is fitted;
+- **layouts in real steps** (``calibrate_layouts``): tiny models trained with data, tensor and
+  pipeline parallelism at P = 2 and 4 give what those layouts cost beyond the above.
 
 The profile is a JSON file in the per-user cache folder (``$XDG_CACHE_HOME/minilepton`` or
 ``~/.cache/minilepton``), written whole or not at all (``files.atomic_write_text``), and
@@ -21,7 +25,9 @@ The profile is a JSON file in the per-user cache folder (``$XDG_CACHE_HOME/minil
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import os
 import platform
 import socket
@@ -40,11 +46,13 @@ from ..parallel.mesh import Mesh
 from ..parallel.pipeline import PipelineParallel
 from ..parallel.strategy import ParallelStrategy
 from .calibrate_comm import measure_collectives
+from .calibrate_layouts import measure_layouts
 
 M_AXIS = [1, 8, 32, 128, 512, 2048]
 KN_AXIS = [16, 64, 256, 1024, 4096]
 FLOP_CAP = 2e8            # larger products are timed with fewer rows (same rate per FLOP),
 MIN_ROWS = 64             # but never so few that the product becomes memory-bound
+COLD_BYTES = 16 << 20     # operand copies per cell: more than the caches hold
 MEMORY_SIZES = [1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22, 1 << 26]
 OPTIMIZER_SIZES = [16, 1024, 65536, 1 << 20]
 
@@ -89,11 +97,17 @@ def measure_matmul(dtype: str, threads: int, passes: int = 2) -> dict:
     cells = [(m, k, n) for k in KN_AXIS for n in KN_AXIS for m in M_AXIS]
     times: dict = {cell: [] for cell in cells}
     rows_of, arrays = {}, {}
+    itemsize = np.dtype(dtype).itemsize
 
-    def array(shape):
-        if shape not in arrays:
-            arrays[shape] = np.full(shape, 0.5, dtype=dtype)
-        return arrays[shape]
+    def operands(rows, k, n):
+        """Enough copies of the operands to overflow the caches, used in turn: in a training
+        step a product's operands come from memory, not from the last identical product."""
+        key = (rows, k, n)
+        if key not in arrays:
+            copies = int(min(16, max(1, COLD_BYTES // (itemsize * (rows * k + k * n)))))
+            arrays[key] = [(np.full((rows, k), 0.5 + i, dtype=dtype),
+                            np.full((k, n), 0.5 - i / 64, dtype=dtype)) for i in range(copies)]
+        return itertools.cycle(arrays[key])
 
     for _ in range(passes):
         for m, k, n in cells:
@@ -101,8 +115,9 @@ def measure_matmul(dtype: str, threads: int, passes: int = 2) -> dict:
             while rows > MIN_ROWS and 2 * rows * k * n > FLOP_CAP:
                 rows //= 4
             rows_of[(m, k, n)] = rows
-            a, b = array((rows, k)), array((k, n))
-            times[(m, k, n)] += _batch_times(lambda a=a, b=b: a @ b, 0.0025, 2)
+            turn = operands(rows, k, n)
+            times[(m, k, n)] += _batch_times(lambda turn=turn: operator.matmul(*next(turn)),
+                                             0.0025, 2)
     rate = {c: 2 * rows_of[c] * c[1] * c[2] / statistics.median(ts) / 1e9
             for c, ts in times.items()}
     grid = [[[rate[(m, k, n)] for n in KN_AXIS] for k in KN_AXIS] for m in M_AXIS]
@@ -125,11 +140,16 @@ def measure_optimizers() -> dict:
     for name in ("adam", "sgd"):
         for dtype in ("float32", "float64"):
             table = []
-            for n in OPTIMIZER_SIZES:
-                p = nn.Parameter(np.ones(n, dtype=dtype))
-                p.grad = np.full(n, 1e-3, dtype=dtype)
-                opt = optim.Adam([p], lr=1e-3) if name == "adam" else optim.SGD([p], lr=1e-3)
-                table.append([n, _median_time(opt.step)])
+            for n in OPTIMIZER_SIZES:  # copies used in turn, so the state comes from memory
+                copies = int(min(8, max(1, COLD_BYTES // (4 * n * np.dtype(dtype).itemsize))))
+                opts = []
+                for _ in range(copies):
+                    p = nn.Parameter(np.ones(n, dtype=dtype))
+                    p.grad = np.full(n, 1e-3, dtype=dtype)
+                    opts.append(optim.Adam([p], lr=1e-3) if name == "adam"
+                                else optim.SGD([p], lr=1e-3))
+                turn = itertools.cycle(opts)
+                table.append([n, _median_time(lambda turn=turn: next(turn).step())])
             out.setdefault(name, {})[dtype] = table
     return out
 
@@ -202,16 +222,20 @@ def _process_bytes() -> float:
         return 0.0
 
 
-def calibrate(log=print, collectives: bool = True) -> dict:
-    """Measure this machine; the profile as a dict (see the module docstring)."""
+def calibrate(log=print, collectives: bool = True, quick: bool = False) -> dict:
+    """Measure this machine; the profile as a dict (see the module docstring). ``quick``: one
+    pass over the float32 grid, the shared-memory backend at P = 2 only (a few seconds, for the
+    tutorials' quick mode; predictions for float64 or 4 workers then read the nearest table)."""
     t0 = time.perf_counter()
     cores = cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     threads = sorted({1, cores})
     log(f"calibrating this machine ({cores} cores, load average {load:.2f}): matrix products"
         if load is not None else f"calibrating this machine ({cores} cores): matrix products")
-    matmul = {dtype: {str(t): measure_matmul(dtype, t) for t in threads}
-              for dtype in ("float32", "float64")}
+    dtypes = ("float32",) if quick else ("float32", "float64")
+    matmul = {dtype: {str(t): measure_matmul(dtype, t, passes=1 if quick or dtype != "float32"
+                                             else 2) for t in threads}
+              for dtype in dtypes}
     limit_threads(cores)
     log("memory-bound work, optimizers, the engine's own cost")
     profile = {
@@ -226,8 +250,11 @@ def calibrate(log=print, collectives: bool = True) -> dict:
         "engine": measure_engine(),
     }
     if collectives:
-        log("collectives between worker processes (P = 2 and 4)")
-        profile["collectives"] = measure_collectives(log=log)
+        log("collectives between worker processes (P = 2" + (")" if quick else " and 4)"))
+        worlds = (2,) if quick else (2, 4)
+        profile["collectives"] = measure_collectives(log=log, worlds=worlds, mpi=not quick)
+        log("data, tensor and pipeline parallelism inside real training steps")
+        profile["engine"]["layouts"] = measure_layouts(profile, log=log, worlds=worlds)
     profile["calibration_seconds"] = time.perf_counter() - t0
     return profile
 
@@ -258,7 +285,7 @@ def load_or_calibrate(log=print) -> tuple[dict, Path]:
         try:
             profile = json.loads(path.read_text())
             if profile.get("kind") == "measured" and profile.get("cores") == cpu_count() \
-                    and "collectives" in profile:
+                    and "layouts" in profile.get("engine", {}):
                 return profile, path
         except (OSError, json.JSONDecodeError):
             pass

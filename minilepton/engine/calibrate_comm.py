@@ -101,9 +101,9 @@ def _mpi_ready() -> bool:
     return importlib.util.find_spec("mpi4py") is not None and bool(find_mpiexec())
 
 
-def measure_collectives(log=print, worlds=WORLDS, sizes=SIZES) -> dict:
+def measure_collectives(log=print, worlds=WORLDS, sizes=SIZES, mpi: bool = True) -> dict:
     """{backend: {op: {path: {P: {"a", "b", "points"}}}}} for shm (and mpi when available)."""
-    backends = ["shm"] + (["mpi"] if _mpi_ready() else [])
+    backends = ["shm"] + (["mpi"] if mpi and _mpi_ready() else [])
     result: dict = {}
     for backend in backends:
         for P in worlds:

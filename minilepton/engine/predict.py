@@ -93,12 +93,15 @@ def simulate(cfg: TrainConfig, options, log=print) -> dict:
     """The prediction for ``cfg`` (or with ``options.search`` the ranked layouts)."""
     model = workload(cfg, options)
     hw = hardware(cfg, options, log=log)
-    base = layout(cfg, options)
-    if getattr(options, "search", False):
-        devices = cfg.workers or base.world
-        out = search_layouts(model, devices, hw, base.with_(dp=1, tp=1, pp=1))
+    if getattr(options, "search", False):  # the layout is searched: only its settings count
+        devices = cfg.workers or cfg.dp * cfg.tp * cfg.pp
+        one = dataclasses.replace(cfg, workers=None, dp=1, tp=1, pp=1, node_speeds=None)
+        base = sim.Layout.from_config(one, None, getattr(options, "virtual_stages", 1) or 1,
+                                      bool(getattr(options, "overlap", False)))
+        out = search_layouts(model, devices, hw, base)
         out["kind"] = "search"
         return out
+    base = layout(cfg, options)
     out = sim.predict(model, base, hw)
     samples, _ = dataset_shape(cfg) if model.kind == "mlp" else (None, None)
     if samples:

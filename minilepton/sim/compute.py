@@ -9,16 +9,30 @@ For each layer shard and a micro-batch of b samples (``Shard.gemms`` rows scaled
               + memory(bytes_bwd · b)              gradient for the data), same memory rule
               + engine blocks · 2 c_block / 3
     messages  Σ calls · T_op(bytes · b, tp)        the tensor group's all-reduces/all-gathers,
-                                                   by phase (``collectives.Network``)
+                                                   by phase (``collectives.Network``), plus,
+                                                   on a measured profile, the group's cost in a
+                                                   real step per block (``in_context``)
 
 With recomputation each layer's forward runs again inside backward (its messages too, as in
 Megatron-LM). ``t``, ``memory`` and the engine constants come from the hardware's compute
-model (``accelerator.py`` or ``measured.py``).
+model (``accelerator.py`` or ``measured.py``); on a measured machine the compute of one of P
+workers is stretched by the slowdown calibration measured for P workers (``slowdown``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+def in_context(hardware, kind: str, size: int) -> float:
+    """The measured cost of a group of ``size`` inside a real training step beyond what the
+    collectives' lines price (``engine.layouts`` of a measured profile: per step for "dp", per
+    block for "tp", per micro-batch and stage for "pp"); 0 elsewhere."""
+    layouts = (getattr(hardware.compute, "engine", None) or {}).get("layouts", {})
+    table = layouts.get(kind)
+    if size < 2 or not table:
+        return 0.0
+    return float(table[min(table, key=lambda p: (abs(int(p) - size), int(p)))])
 
 
 @dataclass
@@ -47,13 +61,26 @@ class StageTime:
                          self.forward_messages_s, self.backward_messages_s)
 
 
+def slowdown(hardware, world: int) -> float:
+    """How much slower a worker computes when ``world`` workers share a measured machine than
+    alone (shared caches and memory, time slices; ``engine.layouts.concurrent``); 1 elsewhere."""
+    layouts = (getattr(hardware.compute, "engine", None) or {}).get("layouts", {})
+    table = layouts.get("concurrent")
+    if world < 2 or not table:
+        return 1.0
+    return float(table[min(table, key=lambda p: (abs(int(p) - world), int(p)))])
+
+
 def stage_time(shards, micro_batch: float, hardware, precision: str, tp: int,
-               recompute: bool, threads: int = 1) -> StageTime:
-    """Seconds of one micro-batch of ``micro_batch`` samples through ``shards``."""
+               recompute: bool, threads: int = 1, world: int = 1) -> StageTime:
+    """Seconds of one micro-batch of ``micro_batch`` samples through ``shards`` on one of
+    ``world`` devices."""
     dev = hardware.compute
+    factor = slowdown(hardware, world)
     net = hardware.network("model")
     engine = getattr(dev, "engine", None)
     block_s = engine["block_s"] if engine else 0.0
+    tp_block_s = in_context(hardware, "tp", tp)
     out = StageTime()
     for shard in shards:
         fwd = bwd = 0.0
@@ -68,6 +95,11 @@ def stage_time(shards, micro_batch: float, hardware, precision: str, tp: int,
         bwd += dev.memory_seconds(shard.memory_bwd * micro_batch, array_bytes=array)
         fwd += shard.blocks * block_s / 3
         bwd += shard.blocks * 2 * block_s / 3
+        if shard.messages and tp_block_s:  # the tensor group's measured cost in a real step
+            out.messages["tensor/allreduce"] = out.messages.get("tensor/allreduce", 0.0) + \
+                tp_block_s
+            out.forward_messages_s += tp_block_s / 2
+            out.backward_messages_s += tp_block_s / 2
         again = recompute and bool(shard.gemms)
         for phase, op, nbytes, calls in shard.messages:
             t = calls * getattr(net, op)(nbytes * micro_batch, tp, 1)
@@ -77,8 +109,8 @@ def stage_time(shards, micro_batch: float, hardware, precision: str, tp: int,
                 out.forward_messages_s += t
             if phase == "backward" or repeats == 2:
                 out.backward_messages_s += t
-        out.forward_s += fwd
-        out.backward_s += bwd
+        out.forward_s += fwd * factor
+        out.backward_s += bwd * factor
         if again:
-            out.recompute_s += fwd
+            out.recompute_s += fwd * factor
     return out

@@ -126,14 +126,23 @@ def accelerator(profile: dict) -> Accelerator:
 
 
 def hardware(spec, *, devices_per_node: int | None = None, inter=None, intra=None,
-             backend: str = "shm", link_spec=None) -> Hardware:
+             backend: str = "shm", link_spec=None, separate: bool = False) -> Hardware:
     """Load ``spec`` (a built-in name, a path or a dict) as a ``Hardware``.
 
     Accelerators: ``devices_per_node`` (default the profile's), ``intra`` and ``inter`` links
     (names or Links; default the profile's); ``link_spec`` replaces the inter-node link too.
     Measured profiles: ``backend`` picks the collectives timed for "shm" or "mpi";
-    ``link_spec`` is the simulated link between workers (as ``minilepton train --link``)."""
+    ``link_spec`` is the simulated link between workers (as ``minilepton train --link``);
+    ``separate``: each worker a machine of its own (its own cores), joined to the others by
+    ``link_spec`` alone, α-β (how this machine's compute extrapolates to a cluster of them)."""
     profile = _read(spec)
+    if profile.get("kind") == "measured" and separate:
+        compute = MeasuredCompute(profile)
+        compute.engine = {k: v for k, v in compute.engine.items() if k != "layouts"}
+        net = Network(AlphaBeta(link(link_spec)), AlphaBeta(link(link_spec)), 1)
+        return Hardware(profile.get("name", "this-machine"), compute, {"data": net, "model": net},
+                        1, compute.memory_bytes, inter_link=link(link_spec).name,
+                        intra_link="none")
     if profile.get("kind") == "measured":
         compute = MeasuredCompute(profile)
         fits = profile["collectives"].get(backend) or profile["collectives"]["shm"]

@@ -31,6 +31,8 @@ LABELS = {"compute_s": "compute", "recompute_s": "recompute", "bubble_s": "pipel
 
 def seconds(t: float) -> str:
     """``0.00123`` -> ``"1.23 ms"``."""
+    if abs(t) < 1e-9:
+        return "0 s"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if abs(t) >= scale or unit == "µs":
             return f"{t / scale:.3g} {unit}"

@@ -10,7 +10,8 @@
 - **stragglers**: node speeds s_r stretch each device's compute by 1/s_r; a tensor group moves
   at its slowest member, a pipeline stage waits for its slowest stage, the step for its slowest
   data replica (max over ranks). ``--balance`` gives replicas samples in proportion to speed.
-- **data-parallel sync** (group of dp ranks, ``stride`` tp·pp): buckets of ``bucket_bytes``
+- **data-parallel sync** (group of dp ranks, ``stride`` tp·pp; on a measured profile plus the
+  group's measured cost inside a real step, ``compute.in_context``): buckets of ``bucket_bytes``
   all-reduced (ZeRO 1-2: reduce-scatter the gradients, all-gather the parameters; ZeRO 3: per
   pass all-gather the parameters twice and reduce-scatter the gradients); ``--compress``
   shrinks the bytes; ``--sync-every K`` averages parameters every K steps instead. With overlap,
@@ -31,7 +32,7 @@ from ..parallel.compression import parse_compress
 from ..parallel.data_parallel import bucket_layout
 from . import memory, pipeline
 from .accelerator import BYTES
-from .compute import stage_time
+from .compute import in_context, slowdown, stage_time
 
 GPT_BUCKET_PARAMS = 40_000_000  # Megatron-LM's default gradient bucket (parameters)
 
@@ -69,8 +70,9 @@ def _boundary_bytes(workload, stages, layout, itemsize: int) -> list[float]:
 def _flush(times, layout, hw, boundary, samples_scale: float = 1.0) -> dict:
     net = hw.network("model")
     crosses = net.spans_nodes(layout.pp, layout.tp)
-    fwd = [t.fwd for t in times]
-    bwd = [t.bwd for t in times]
+    sync = in_context(hw, "pp", layout.pp) if layout.pp > 1 else 0.0
+    fwd = [t.fwd + sync / 2 for t in times]
+    bwd = [t.bwd + sync / 2 for t in times]
     latency = 0.0
     for s, nbytes in enumerate(boundary):
         t = net.p2p(nbytes * samples_scale, crosses)
@@ -81,11 +83,11 @@ def _flush(times, layout, hw, boundary, samples_scale: float = 1.0) -> dict:
             latency = max(latency, t)
     result = pipeline.flush(layout.schedule, layout.micro_batches, fwd, bwd, latency,
                             layout.virtual_stages)
-    result["send_s"] = 0.0
+    result["send_s"] = layout.micro_batches * sync
     if hw.sender_pays and boundary:
         busiest = max(range(len(fwd)), key=lambda s: fwd[s] + bwd[s])
         sends = (busiest < len(boundary)) + (busiest > 0)
-        result["send_s"] = layout.micro_batches * sends * net.p2p(
+        result["send_s"] += layout.micro_batches * sends * net.p2p(
             max(boundary) * samples_scale, crosses)
     result["busiest"] = max(range(len(fwd)), key=lambda s: fwd[s] + bwd[s])
     return result
@@ -160,7 +162,7 @@ def _optimizer_s(stage_shards, layout, hw) -> float:
         else:
             per_param = 30.0 if layout.optimizer == "adam" else 16.0
             t = dev.memory_seconds(per_param * sum(tensors))
-        worst = max(worst, t)
+        worst = max(worst, t * slowdown(hw, layout.world))
     return worst
 
 
@@ -192,7 +194,7 @@ def predict(workload, layout, hw) -> dict:
 
     def times_for(scale: float = 1.0):
         return [stage_time(sh, mb * scale, hw, layout.compute_dtype, layout.tp,
-                           layout.recompute, threads) for sh in shards]
+                           layout.recompute, threads, layout.world) for sh in shards]
 
     times = times_for()
     boundary = _boundary_bytes(workload, stages, layout, itemsize)
@@ -221,6 +223,10 @@ def predict(workload, layout, hw) -> dict:
     bubble_s = K * base["makespan_s"] - compute_s - recompute_s - sum(comm.values())
     for k, v in _data_sync(shards, layout, hw, workload, times).items():
         comm[k] = comm.get(k, 0.0) + v
+    if layout.dp > 1 and in_context(hw, "dp", layout.dp):
+        data_keys = sorted(k for k in comm if k.startswith("data/"))
+        key = "data/allreduce" if not data_keys or "data/allreduce" in comm else data_keys[0]
+        comm[key] = comm.get(key, 0.0) + in_context(hw, "dp", layout.dp)
     optimizer_s = _optimizer_s(shards, layout, hw)
     engine = getattr(hw.compute, "engine", None)
     engine_s = 0.0
