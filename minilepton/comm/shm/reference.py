@@ -19,16 +19,24 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import fold
+from .sync import wait_counters
 
 
 def allreduce(comm, flat, ufunc, mean: bool) -> None:
     """``flat`` (private, C-contiguous, 1-D) becomes the rank-order fold of the P arrays."""
     P, r = comm.world_size, comm.rank
+    if P == 1:  # the fold of one array is that array (and x / 1 is x)
+        return
+    ctr, me, everyone = comm._ctr, comm._me, comm._all
     for a, L, row in chunks(comm, flat):
         out = flat[a:a + L]
-        row[r][:L] = out
-        comm._sync("allreduce")
-        fold(out, [row[q][:L] for q in range(P)], ufunc)
+        row[r][:L] = out                  # my part of the chunk into my slot,
+        s = comm._step = comm._step + 1   # "I have arrived at step s", and wait for all:
+        ctr[me] = s
+        wait_counters(ctr, everyone, s, comm.timeout_s, "allreduce", comm.members, comm.spin_s)
+        ufunc(row[0][:L], row[1][:L], out=out)   # ((x₀ ⊕ x₁) ⊕ x₂) ⊕ … in rank order
+        for q in range(2, P):
+            ufunc(out, row[q][:L], out=out)
         if mean:
             np.divide(out, P, out=out)
 
