@@ -186,14 +186,16 @@ def memory_of(workload, layout, hw, shards=None, boundary=None) -> dict:
 def predict(workload, layout, hw) -> dict:
     """The predicted step of ``workload`` laid out as ``layout`` on ``hw`` (a plain dict)."""
     layout.check()
-    itemsize = BYTES[layout.compute_dtype]
+    # a CPU has no 16-bit products: the code runs them in float32 and rounds (autograd/lowp.py)
+    dtype = layout.dtype if hw.kind == "measured" else layout.compute_dtype
+    itemsize = BYTES[dtype]
     stages = workload.stages(layout.pp)
     shards = [[layer.shard(layout.tp, itemsize) for layer in stage] for stage in stages]
     threads = _threads(layout, hw)
     mb = layout.micro_batch_size
 
     def times_for(scale: float = 1.0):
-        return [stage_time(sh, mb * scale, hw, layout.compute_dtype, layout.tp,
+        return [stage_time(sh, mb * scale, hw, dtype, layout.tp,
                            layout.recompute, threads, layout.world) for sh in shards]
 
     times = times_for()
