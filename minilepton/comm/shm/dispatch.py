@@ -68,6 +68,7 @@ def path(comm, collective: str, x, algorithm: str | None = None) -> str:
 
 
 def allreduce(comm, x, op: str = "sum", algorithm: str | None = None):
+    """Every rank's ``x`` becomes op(x₀, …, x_{P−1}), in place (``algorithm``: rsag or ring)."""
     _check(comm, x, op, "allreduce")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown all-reduce algorithm {algorithm!r}; choose 'rsag' or 'ring'")
@@ -86,6 +87,7 @@ def allreduce(comm, x, op: str = "sum", algorithm: str | None = None):
 
 
 def reduce_scatter(comm, x, op: str = "sum"):
+    """Rank r gets block r (axis 0) of op(x₀, …, x_{P−1}), a new array."""
     _check(comm, x, op, "reduce_scatter")
     P = comm.world_size
     if x.ndim == 0 or x.shape[0] % P:
@@ -102,6 +104,7 @@ def reduce_scatter(comm, x, op: str = "sum"):
 
 
 def allgather(comm, x):
+    """Every rank gets the P ranks' ``x`` stacked on axis 0, a new array."""
     x = comm.check_array(x, "allgather")
     P = comm.world_size
     out = np.empty((P * x.shape[0],) + x.shape[1:] if x.ndim else (P,), x.dtype)
@@ -114,6 +117,7 @@ def allgather(comm, x):
 
 
 def broadcast(comm, x, root: int = 0):
+    """Every rank's ``x`` becomes the root's, in place."""
     x = comm.check_array(x, "broadcast")
     root = comm.check_peer(root, "broadcast")
     P = comm.world_size
