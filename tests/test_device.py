@@ -17,7 +17,7 @@ import pytest
 
 import minilepton as ml
 from minilepton import backend
-from minilepton.comm.arena import ArenaFullError
+from minilepton.comm import ArenaFullError
 from minilepton.comm.base import Communicator
 from minilepton.comm.device_staging import DeviceStagingComm, wrap_for_device
 
