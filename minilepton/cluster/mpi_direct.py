@@ -4,12 +4,16 @@ There is no launcher process: ``in_mpi_job()`` says this process is a rank of an
 the environment alone), ``world_from_mpi()`` gives the communicator over COMM_WORLD (and sets
 RANK, WORLD_SIZE, LOCAL_RANK), and ``run_direct(fn, args)`` runs ``fn(comm, *args)`` here,
 aborting every rank if it fails. Also here: the MPI library's shared-memory files of this
-rank (``mpi_segments``), which an aborted job would leave in /dev/shm.
+rank (``mpi_segments``, with hydra's topology file), which an aborted job would leave behind,
+and ``unlink_segments``, which removes only such files: named as MPICH names them, directly in
+/dev/shm (or hydra's in /tmp), regular files this user owns, never through a link.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import sys
 import traceback
 
@@ -20,25 +24,48 @@ from ..comm.mpi import MPICommunicator
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
+# The only files a job's clean-up may unlink: MPICH's segments and the topology file that
+# hydra's proxy writes with mkstemp (a hard-coded /tmp) and removes only when the job ends well.
+_SEGMENT = re.compile(r"/dev/shm/mpich_shm_[A-Za-z0-9_]+|/tmp/hydra_hwloc_xmlfile_[A-Za-z0-9]+")
 
 
 def mpi_segments() -> list[str]:
-    """Files in /dev/shm that this process has mapped (MPICH's intra-node segments); Linux."""
+    """MPICH's files of this rank (Linux): the /dev/shm segments it has mapped and the topology
+    file its hydra proxy (the parent process) holds open."""
     try:
         with open("/proc/self/maps") as f:
-            fields = [line.split() for line in f]
+            mapped = {row[-1] for row in map(str.split, f) if len(row) == 6}
     except OSError:
         return []
-    return sorted({row[-1] for row in fields if len(row) == 6 and row[-1].startswith("/dev/shm/")})
+    proxy_fds = f"/proc/{os.getppid()}/fd"
+    try:
+        held = {os.readlink(os.path.join(proxy_fds, fd)) for fd in os.listdir(proxy_fds)}
+    except OSError:  # gone, or not ours to read
+        held = set()
+    return sorted(path for path in mapped | held if _SEGMENT.fullmatch(path))
+
+
+def is_segment(path: str, uid: int | None = None) -> bool:
+    """True if ``path`` is an MPI segment this user may remove: an MPICH name directly in
+    /dev/shm (or hydra's topology file), a regular file (not a link) owned by ``uid``."""
+    if not isinstance(path, str) or not _SEGMENT.fullmatch(path):
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == (os.geteuid() if uid is None else uid)
 
 
 def unlink_segments(paths) -> None:
-    """Remove shared-memory files (the ranks that mapped them keep their mappings)."""
+    """Remove the MPI segments among ``paths`` (anything else is left alone, see
+    ``is_segment``); the ranks that mapped them keep their mappings."""
     for path in paths:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        if is_segment(path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def local_rank(world) -> int:

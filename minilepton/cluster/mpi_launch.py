@@ -16,7 +16,8 @@ supervised like the shared-memory one (``mpi_watch`` runs and watches mpiexec):
   still alive is killed by its process id (hydra gives each rank its own session, so killing
   mpiexec's process group alone would not reach them). The temporary directory always goes;
 - if the launcher itself is killed, Linux sends mpiexec SIGTERM (``PR_SET_PDEATHSIG``), which
-  stops the ranks, and the next launch removes the dead job's directory and MPI segments.
+  stops the ranks, and the next launch removes the dead job's directory and MPI segments (only
+  folders of this user named as ours, and only MPICH's own files: ``mpi_direct.is_segment``).
 
 Direct runs (``mpiexec -n 4 python -m minilepton train ...``) have no launcher process:
 ``in_mpi_job()``, ``world_from_mpi()`` and ``run_direct(fn, args)`` (defined in ``mpi_direct``,
@@ -32,6 +33,7 @@ import pickle
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ from .mpi_watch import rank_pids, run_mpiexec
 __all__ = ["find_mpiexec", "in_mpi_job", "launch_mpi", "run_direct", "world_from_mpi"]
 
 _JOB_PREFIX = "minilepton-mpi-"
+_JOB_NAME = re.compile(re.escape(_JOB_PREFIX) + r"[a-z0-9_]{8}")  # as mkdtemp names it
 
 
 def find_mpiexec() -> str | None:
@@ -130,18 +133,23 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
 
 
 def _sweep_dead_jobs(min_age_s: float = 60.0) -> None:
-    """Remove job directories (and their MPI segments) of launchers that were killed: older
-    than ``min_age_s`` and named on no live process's command line."""
+    """Remove job directories (and their MPI segments) of launchers that were killed: folders
+    named as ``mkdtemp`` names ours, owned by this user (``lstat``: a link is never followed),
+    older than ``min_age_s`` and named on no live process's command line. Another user's
+    folder, or a path it lists that is no MPI segment of ours, is left alone."""
     tmp = tempfile.gettempdir()
-    now = time.time()
+    now, uid = time.time(), os.geteuid()
     stale = []
     for name in os.listdir(tmp):
+        if not _JOB_NAME.fullmatch(name):
+            continue
         path = os.path.join(tmp, name)
         try:
-            if name.startswith(_JOB_PREFIX) and now - os.stat(path).st_mtime > min_age_s:
-                stale.append(path)
+            st = os.lstat(path)
         except OSError:
             continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and now - st.st_mtime > min_age_s:
+            stale.append(path)
     if not stale:
         return
     live = b"\0".join(_cmdlines())
