@@ -124,7 +124,9 @@ def _comm(P=2, nbytes_slot=1 << 20, arena=False, watched=False):
     (2, 0, False, False, None, "staged"),
     (2, 1024, True, False, None, "small"),         # small arena arrays: one wait beats three
     (2, 1 << 20, True, False, None, "arena"),
-    (2, 4 << 20, False, False, None, "staged"),
+    (2, 256 << 10, False, False, None, "small"),
+    (2, 512 << 10, False, False, None, "split"),   # private, over split_min_bytes: any P
+    (2, 4 << 20, False, False, None, "split"),
     (4, 1024, False, False, None, "small"),
     (4, 1 << 20, False, False, None, "split"),
     (4, 1 << 20, True, False, "rsag", "arena"),
@@ -150,7 +152,7 @@ def counting_job(comm):
     P, r = comm.world_size, comm.rank
     private, arena = np.ones(600), comm.zeros((600,))
     comm.allreduce(np.ones(8))                 # small
-    comm.allreduce(private)                    # split (P > 2) or staged
+    comm.allreduce(private)                    # split (over split_min_bytes) or staged
     comm.allreduce(arena)                      # arena
     comm.allreduce(private, algorithm="ring")
     comm.hooks.append(lambda *event: None)

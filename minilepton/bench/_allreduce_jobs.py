@@ -52,6 +52,18 @@ def raw_mpi_job(comm, sizes, repeats, target_ms):
     return times, MPI.Get_library_version().splitlines()[0].strip()
 
 
+def copy_job(comm, sizes, repeats, target_ms):
+    """The machine's copy bandwidth in the same run: every rank copies a private array of each
+    size into another at the same time (``np.copyto``, a memcpy), timed like an all-reduce."""
+    src = np.ones(max(sizes) // 4, np.float32)
+    dst = np.zeros_like(src)
+
+    def copy(x):
+        np.copyto(dst[:x.size], x)
+
+    return _cycle(comm, copy, {"private": src}, sizes, repeats, target_ms, comm.barrier)
+
+
 def _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, barrier):
     """Warm up, agree on a number of calls per (path, size), then time the repeats, cycling
     over sizes and paths."""

@@ -6,7 +6,8 @@
 Contenders: every (backend, algorithm) asked for, each on arena arrays (``comm.zeros``: on shm
 they live in shared memory, on MPI they are ordinary arrays) and on private NumPy arrays, plus
 the baseline: plain ``comm.Allreduce(MPI.IN_PLACE, x)`` of mpi4py on a NumPy array under
-mpiexec. Each round launches every contender once, in a rotating order, and inside a job the
+mpiexec, and a memcpy of each size on every rank at once (the machine's copy bandwidth, for the
+limit an in-place all-reduce could reach: see ``_allreduce_report``). Each round launches every contender once, in a rotating order, and inside a job the
 repeats cycle over sizes and paths, so that a slow window of a shared machine hits them all
 alike. Reported: the median time per call over all repeats, algbw = bytes / time, busbw =
 2(P−1)/P · bytes / time (the nccl-tests convention: what each rank's link must carry) and the
@@ -22,7 +23,7 @@ from ..cluster import launch
 from ..cluster.blas import share
 from ..cluster.mpi_launch import find_mpiexec
 from ..comm.shm.arena import parse_bytes
-from ._allreduce_jobs import minilepton_job, raw_mpi_job
+from ._allreduce_jobs import copy_job, minilepton_job, raw_mpi_job
 from ._allreduce_report import format_table, machine, plot, rows
 from ._common import save_json
 
@@ -80,10 +81,11 @@ def measure(args) -> dict:
     if set(paths) - set(PATHS) or not paths:
         raise ValueError(f"--paths takes arena, private or both, not {args.paths!r}")
     jobs = _contenders(args) + ([] if args.no_baseline else [("mpich", "raw")])
+    jobs.append(("memcpy", "copy"))
     missing = _mpi_ready()
     if missing:
         print(f"skipping MPI and the MPICH baseline: {missing}", file=sys.stderr)
-        jobs = [job for job in jobs if job[0] == "shm"]
+        jobs = [job for job in jobs if job[0] in ("shm", "memcpy")]
     table, library = [], None
     for P in [int(p) for p in args.workers.split(",")]:
         runs: dict = {}
@@ -94,6 +96,8 @@ def measure(args) -> dict:
                     times, library = launch(raw_mpi_job, P, args=(sizes, args.repeats,
                                                                    args.target_ms),
                                             backend="mpi")[0]
+                elif backend == "memcpy":
+                    times = launch(copy_job, P, args=(sizes, args.repeats, args.target_ms))[0]
                 else:
                     times = launch(minilepton_job, P, backend=backend,
                                    args=(sizes, paths, algorithm, args.repeats,

@@ -8,6 +8,7 @@ outnumber cores, so fewer, larger steps win there).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ...backend import cpu_count
@@ -31,7 +32,7 @@ class ShmConfig:
     spin_s: float | None = None             # busy-wait before yielding (None: by cores)
     arena_min_bytes: int = 256 << 10        # smaller arena arrays all-reduce like private
                                             # ones: one wait instead of three beats a copy
-    split_min_bytes: int = 256 << 10        # private arrays, P > 2: above this, each rank
+    split_min_bytes: int = 256 << 10        # private arrays: above this, each rank
                                             # reduces 1/P of each chunk (two waits, less work)
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: 1 MiB with a core per worker, else off)
@@ -39,6 +40,9 @@ class ShmConfig:
     def __post_init__(self):
         if self.stage_depth < 3:
             raise ValueError(f"stage_depth must be >= 3, not {self.stage_depth}")
+        if not 0 < self.timeout_s < math.inf:  # nan would never time out
+            raise ValueError(f"timeout_s must be a finite number of seconds > 0, "
+                             f"not {self.timeout_s}")
 
     def resolve(self, world_size: int, cores: int | None = None) -> ShmConfig:
         """Fill the fields left to None for a job of ``world_size`` workers (in place)."""

@@ -7,7 +7,7 @@ the algorithm asked for, where the array lives (private, or in the arena: made b
     collective      path    when                                           runs
     allreduce       ring    algorithm="ring"                               ring.allreduce
                     arena   an arena array over arena_min_bytes            fast.allreduce_arena
-                    split   P > 2, over split_min_bytes                    fast.allreduce_split
+                    split   a private array over split_min_bytes           fast.allreduce_split
                     small   one staging slot or less, no hook/link/verbose fast.allreduce_small
                     staged  anything else                                  reference.allreduce
     reduce_scatter  arena   an arena array (or a view of one)              fast.*_arena
@@ -60,7 +60,7 @@ def path(comm, collective: str, x, algorithm: str | None = None) -> str:
         return "staged"
     if n > comm.arena_min_bytes and comm.in_arena(x):
         return "arena"
-    if P > 2 and n > comm.config.split_min_bytes:
+    if n > comm.config.split_min_bytes:
         return "split"
     if 0 < n <= comm._small_bytes and not comm.hooks and comm.link is None and not comm.verbose:
         return "small"

@@ -84,21 +84,28 @@ def allreduce_arena(comm, flat, ufunc, mean: bool) -> None:
 
 
 def allreduce_split(comm, flat, ufunc, mean: bool) -> None:
-    """Private arrays: the staged steps with the fold split. Rank r folds only part r of each
-    chunk, writes it back over its own part of its slot, and after a second step copies the
-    other parts from their owners' slots. Two waits per chunk; needs a staging ring at least
-    3 deep (a slot is still read during the step after it was written)."""
+    """Private arrays: the staged steps with the fold split. Rank r stages only the parts its
+    peers fold (part q of each chunk for q != r: its own part r never leaves its array),
+    folds part r in rank order, its own term read from ``flat``, writes the result over part
+    r of its slot, and after a second step copies the other parts from their owners' slots.
+    Per rank and chunk of C bytes that moves about 4C instead of the reference's 5C (P = 2)
+    and does 1/P of the folding. Two waits per chunk; needs a staging ring at least 3 deep (a
+    slot is still read during the step after it was written)."""
     P, r = comm.world_size, comm.rank
+    scratch = _scratch(comm, flat.dtype)
     for a, L, row in chunks(comm, flat):
-        row[r][:L] = flat[a:a + L]
-        comm._sync("allreduce (chunk staged)")
         cut = [q * L // P for q in range(P + 1)]
+        mine = row[r]
+        for q in range(P):
+            if q != r:
+                mine[cut[q]:cut[q + 1]] = flat[a + cut[q]:a + cut[q + 1]]
+        comm._sync("allreduce (chunk staged)")
         lo, hi = cut[r], cut[r + 1]
         out = flat[a + lo:a + hi]
-        fold(out, [row[q][lo:hi] for q in range(P)], ufunc)
+        fold_into(out, [out if q == r else row[q][lo:hi] for q in range(P)], ufunc, r, scratch)
         if mean:
             np.divide(out, P, out=out)
-        row[r][lo:hi] = out
+        mine[lo:hi] = out
         comm._sync("allreduce (parts reduced)")
         for q in range(P):
             if q != r:
