@@ -22,18 +22,21 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 from multiprocessing.connection import wait as wait_ready
 
+from .. import environment
+from ..comm.base import stalled_ranks
 from ..comm.shm import ShmConfig
 from ..comm.shm.arena import Arena, reap_orphans
-from . import blas, logs, simulate
+from ..files import check_writable
+from . import blas, logs, signals, simulate
 from .errors import WorkerError
-from .mpi_launch import launch_mpi
+from .mpi_launch import check_seconds, launch_mpi
 from .worker import WorkerSpec, worker_main
 
 STOP_GRACE_S = 2.0
+REPORT_GRACE_S = 0.5  # after a stall report, how long the others may take to report theirs
 BACKENDS = ("shm", "mpi")
 
 
@@ -53,20 +56,24 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     give each worker its own cores (default: when there are at least as many cores as workers,
     so that a worker polling for its peer never sits on the core that peer needs).
     ``mpi_options``: options of the MPI launcher alone (``algorithm=``, ``job_timeout_s=``; see
-    ``mpi_launch.launch_mpi``).
+    ``mpi_launch.launch_mpi``). Environment variables the workers would read are checked first
+    (``minilepton.environment``): a bad one is refused in one line before any process starts.
     """
+    environment.check({**os.environ, **(env or {})})
+    if log_dir is not None:
+        check_writable(log_dir, "log_dir", directory=True)
     if backend == "mpi":
-        return launch_mpi(fn, world_size, args, timeout_s=timeout_s, start_method=start_method,
-                          blas_threads=blas_threads, link=link, node_speeds=node_speeds,
-                          log_dir=log_dir, env=env, **mpi_options)
+        with signals.sigterm_unwinds():
+            return launch_mpi(fn, world_size, args, timeout_s=timeout_s,
+                              start_method=start_method, blas_threads=blas_threads, link=link,
+                              node_speeds=node_speeds, log_dir=log_dir, env=env, **mpi_options)
     if mpi_options:
         raise TypeError(f"launch: {', '.join(sorted(mpi_options))} apply to backend='mpi' only")
     if backend != "shm":
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if timeout_s is not None and timeout_s <= 0:
-        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    check_seconds("timeout_s", timeout_s)
     config = dataclasses.replace(config) if config else ShmConfig()  # ours to fill in
     if timeout_s is not None:
         config.timeout_s = float(timeout_s)
@@ -77,37 +84,21 @@ def launch(fn, world_size, args=(), backend="shm", *, timeout_s=None, start_meth
     blas.prepare()
     ctx = mp.get_context(start_method)
     reap_orphans()
-    previous_term = _exit_on_sigterm()
     job = _Job(world_size, ctx)
-    try:
-        job.arena = arena = Arena.create(arena_bytes)
-        offset = arena.alloc(config.block_bytes(world_size), "the job's control block",
-                             reserve=False)
-        spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
-                          blas.core_sets(world_size, pin_cores), log_dir, spec_link, speeds,
-                          dict(env or {}))
-        job.start(fn, tuple(args), spec)
-        results = job.supervise()
-        job.finished = True
-        return results
-    finally:
-        job.stop()
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
-
-
-def _exit_on_sigterm():
-    """While a job runs, SIGTERM to the launcher cleans up like Ctrl-C (then exits 143)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return None
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    return signal.SIG_DFL
+    with signals.sigterm_unwinds():
+        try:
+            job.arena = arena = Arena.create(arena_bytes)
+            offset = arena.alloc(config.block_bytes(world_size), "the job's control block",
+                                 reserve=False)
+            spec = WorkerSpec(arena.name, offset, config, threads, logs.root_level(), os.getpid(),
+                              blas.core_sets(world_size, pin_cores), log_dir, spec_link, speeds,
+                              dict(env or {}))
+            job.start(fn, tuple(args), spec)
+            results = job.supervise()
+            job.finished = True
+            return results
+        finally:
+            job.stop()
 
 
 class _Job:
@@ -161,9 +152,37 @@ class _Job:
                     results[r] = message[1]
                     pending.discard(r)
                 else:
-                    _, kind, text, trace = message
-                    raise WorkerError(r, f"{kind}: {text}\n\nworker traceback:\n{trace}")
+                    raise self._blame(r, message, pending - {r})
         return results
+
+    def _blame(self, r, message, others):
+        """WorkerError for rank ``r``'s error, or for the rank that stalled when ``r`` (and
+        every other rank that reports within ``REPORT_GRACE_S``) says that rank did not arrive:
+        the header names the cause, the text keeps who noticed."""
+        _, kind, text, trace = message
+        detail = f"{kind}: {text}\n\nworker traceback:\n{trace}"
+        suspects = stalled_ranks(text)
+        if not suspects:
+            return WorkerError(r, detail)
+        reports = {r: message}
+        deadline = time.monotonic() + REPORT_GRACE_S
+        while others and time.monotonic() < deadline:
+            for ready in wait_ready([self.conns[o] for o in others],
+                                    max(0.0, deadline - time.monotonic())):
+                o = self.conns.index(ready)
+                others.discard(o)
+                reports[o] = self._message(o)
+        for o, report in sorted(reports.items()):
+            if report is not None and report[0] == "error":
+                named = stalled_ranks(report[2])
+                if named is None:  # a real error elsewhere: that rank is the cause
+                    return WorkerError(o, f"{report[1]}: {report[2]}\n\nworker traceback:\n"
+                                          f"{report[3]}")
+                suspects = [s for s in suspects if s in named]
+        suspects = [s for s in suspects if s not in reports]
+        if len(suspects) != 1:
+            return WorkerError(r, detail)
+        return WorkerError(suspects[0], f"stalled (rank {r} reports {detail})")
 
     def _message(self, r):
         conn = self.conns[r]
@@ -190,48 +209,30 @@ class _Job:
 
     def stop(self):
         """Unlink the arena; terminate, kill and join every worker; stop the log relay."""
-        blocked = _block_sigint()
-        try:
-            if self.arena is not None:  # first: the workers have mapped it or are being stopped
-                self.arena.unlink()
-                self.arena.close()
-            if self.finished:  # they are flushing their logs and exiting
+        with signals.held():
+            try:
+                if self.arena is not None:  # first: the workers have mapped it, or are stopping
+                    self.arena.unlink()
+                    self.arena.close()
+                if self.finished:  # they are flushing their logs and exiting
+                    deadline = time.monotonic() + STOP_GRACE_S
+                    for p in self.procs:
+                        p.join(max(0.0, deadline - time.monotonic()))
+                alive = [p for p in self.procs if p.is_alive()]
+                for p in alive:
+                    p.terminate()
                 deadline = time.monotonic() + STOP_GRACE_S
-                for p in self.procs:
+                for p in alive:
                     p.join(max(0.0, deadline - time.monotonic()))
-            alive = [p for p in self.procs if p.is_alive()]
-            for p in alive:
-                p.terminate()
-            deadline = time.monotonic() + STOP_GRACE_S
-            for p in alive:
-                p.join(max(0.0, deadline - time.monotonic()))
-            for p in self.procs:
-                if p.is_alive():
-                    p.kill()
-                    p.join()  # SIGKILL cannot be refused: this returns
-        finally:
-            for conn in self.conns:
-                conn.close()
-            for p in self.procs:
-                if p.exitcode is not None:
-                    p.close()
-            if self.relay is not None:
-                self.relay.stop()
-            _unblock_sigint(blocked)
-
-
-_HELD = {signal.SIGINT, signal.SIGTERM}
-
-
-def _block_sigint():
-    """Hold Ctrl-C and SIGTERM while cleaning up (a second one must not leave workers or
-    segments behind); they are delivered when cleanup is done."""
-    try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _unblock_sigint(previous) -> None:
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD - set(previous))
+                for p in self.procs:
+                    if p.is_alive():
+                        p.kill()
+                        p.join()  # SIGKILL cannot be refused: this returns
+            finally:
+                for conn in self.conns:
+                    conn.close()
+                for p in self.procs:
+                    if p.exitcode is not None:
+                        p.close()
+                if self.relay is not None:
+                    self.relay.stop()

@@ -14,6 +14,8 @@ import logging.handlers
 import os
 import threading
 
+from ..comm.base import verbose_default
+
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -70,7 +72,7 @@ class LogRelay:
 def root_level() -> int:
     """The launcher's effective root level (INFO when the verbose switch is on)."""
     level = logging.getLogger().getEffectiveLevel()
-    if os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0"):
+    if verbose_default():
         if not logging.getLogger().handlers:
             logging.basicConfig(format="%(message)s")
         level = min(level, logging.INFO)

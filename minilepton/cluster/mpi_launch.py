@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import pickle
 import re
@@ -40,7 +41,7 @@ import tempfile
 import time
 from multiprocessing import spawn
 
-from . import blas, simulate
+from . import blas, signals, simulate
 from .errors import WorkerError
 from .mpi_direct import in_mpi_job, run_direct, unlink_segments, world_from_mpi
 from .mpi_watch import rank_pids, run_mpiexec
@@ -55,6 +56,13 @@ def find_mpiexec() -> str | None:
     """The ``mpiexec`` next to this Python (where the ``mpich`` wheel puts it), else on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+def check_seconds(name: str, value) -> None:
+    """ValueError unless ``value`` is None or a finite number of seconds > 0 (nan is refused:
+    it would never time out)."""
+    if value is not None and not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value}")
 
 
 @functools.cache
@@ -99,9 +107,8 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    for name, value in (("timeout_s", timeout_s), ("job_timeout_s", job_timeout_s)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+    check_seconds("timeout_s", timeout_s)
+    check_seconds("job_timeout_s", job_timeout_s)
     simulate.link_model(link)  # bad options fail here, before any process starts
     simulate.check_node_speeds(node_speeds, world_size)
     threads = blas.share(world_size, blas_threads)
@@ -126,10 +133,12 @@ def launch_mpi(fn, world_size: int, args=(), *, timeout_s: float | None = None,
         try:
             returncode, tail, exited = run_mpiexec(cmd, child_env, job_dir, job_timeout_s)
         finally:
-            _unlink_job_segments(job_dir)
+            with signals.held():
+                _unlink_job_segments(job_dir)
         return _collect(job_dir, world_size, returncode, tail, exited)
     finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        with signals.held():
+            shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _sweep_dead_jobs(min_age_s: float = 60.0) -> None:

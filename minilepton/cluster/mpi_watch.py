@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from . import signals
 from .errors import WorkerError
 
 STOP_GRACE_S = 3.0
@@ -60,8 +61,9 @@ def run_mpiexec(cmd, env, job_dir, timeout_s):
             if _died_silently(job_dir, watch.exited):  # the others go now (again each poll,
                 _kill_ranks(job_dir)  # for a rank still starting); mpiexec reports the first
         watch.wait(0)
-    except BaseException:  # Ctrl-C (or the timeout above): the ranks go with us
-        _stop(proc, job_dir)
+    except BaseException:  # Ctrl-C, SIGTERM (or the timeout above): the ranks go with us
+        with signals.held():
+            _stop(proc, job_dir)
         raise
     finally:
         watch.close()
@@ -128,10 +130,16 @@ def _running(pid: int) -> bool:
         return False
 
 
+# MPICH's own report of a rank's MPI_Abort: the launcher names the rank and its error itself
+_ABORT_LINE = re.compile(r"Abort\(\d+\) on node \d+ \(rank \d+ in comm \d+\): application called")
+
+
 def _pump(stream, sink, tail):
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
         tail.append(line)
+        if _ABORT_LINE.match(line):
+            continue
         try:
             sink.write(line)
             sink.flush()

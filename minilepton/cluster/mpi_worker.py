@@ -90,9 +90,7 @@ def run(payload_path: str, result_dir: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher
         summary = f"{type(exc).__name__}: {exc}"
         record = ("error", time.time(), summary, traceback.format_exc())
-        write_atomic(result_path, pickle.dumps(record))
-        sys.stderr.write(f"[rank {rank}] {summary}\n")
-        sys.stderr.flush()
+        write_atomic(result_path, pickle.dumps(record))  # the launcher reports it
         world.Abort(1)
 
 

@@ -53,12 +53,12 @@ def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -
     _die_with_parent(spec.parent_pid)
     os.environ.update(spec.env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    if spec.cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, spec.cores[rank])
-    blas.limit_threads(spec.blas_threads)
-    logs.setup_worker(rank, log_queue, spec.log_level, spec.log_dir)
     comm = None
-    try:
+    try:  # a failure while setting up is reported like any other
+        if spec.cores and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, spec.cores[rank])
+        blas.limit_threads(spec.blas_threads)
+        logs.setup_worker(rank, log_queue, spec.log_level, spec.log_dir)
         arena = Arena.attach(spec.arena_name)
         comm = world_communicator(arena, rank, world_size, spec.world_offset, spec.config)
         simulate.wrap(comm, spec.link, spec.node_speeds)

@@ -21,10 +21,13 @@ after run. ``sum``, ``mean`` (sum then divide by P) and ``max`` are supported.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .. import environment
 
 OPS = ("sum", "mean", "max")
 
@@ -32,17 +35,31 @@ yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))  # let a peer on 
 
 
 def timeout_default() -> float:
-    """Seconds a collective waits for its peers: ``MINILEPTON_COMM_TIMEOUT_S`` or 60."""
-    return float(os.environ.get("MINILEPTON_COMM_TIMEOUT_S", "60"))
+    """Seconds a collective waits for its peers: ``MINILEPTON_COMM_TIMEOUT_S`` or 60 (a value
+    that is not a finite number > 0 is refused, naming the variable: ``environment``)."""
+    return environment.read("MINILEPTON_COMM_TIMEOUT_S", 60.0)
 
 
 def verbose_default() -> bool:
     """``MINILEPTON_VERBOSE=1``: every backend logs each operation with its size and path."""
-    return os.environ.get("MINILEPTON_VERBOSE", "0") not in ("", "0")
+    return environment.read("MINILEPTON_VERBOSE", 0) > 0
 
 
 class CommError(RuntimeError):
-    """A collective failed: a peer died, stalled past the timeout, or the call was misused."""
+    """A collective failed: a peer died, stalled past the timeout, or the call was misused.
+
+    A stall is worded ``"<op>: rank(s) [r, ...] did not arrive within T s ..."`` (the ranks
+    of the job), which ``stalled_ranks`` reads back, so that a launcher can name the rank that
+    stalled rather than the one that noticed."""
+
+
+_STALL = re.compile(r"rank\(s\) \[([\d, ]*)\] did not arrive")
+
+
+def stalled_ranks(message: str) -> list | None:
+    """The ranks a CommError's ``message`` says did not arrive, or None if it is no stall."""
+    match = _STALL.search(message)
+    return None if match is None else [int(r) for r in match.group(1).split(",") if r.strip()]
 
 
 @dataclass

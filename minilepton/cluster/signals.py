@@ -1,0 +1,47 @@
+"""How a launcher (shm or MPI) treats SIGTERM and Ctrl-C while its job runs.
+
+- ``sigterm_unwinds()``: while the job runs, SIGTERM to the launcher raises ``SystemExit(143)``
+  in its main thread, so the job is stopped and cleaned up as on Ctrl-C (the default action
+  would kill the launcher at once and leave its workers' files behind). A handler someone else
+  installed (the CLI's) is left in place.
+- ``held()``: Ctrl-C and SIGTERM wait while a job is being cleaned up (a second one must not
+  leave workers or files behind); they are delivered when the clean-up is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if installed:
+        signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def held():
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    except (AttributeError, ValueError, OSError):
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD - set(previous))
