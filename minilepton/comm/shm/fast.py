@@ -10,8 +10,9 @@ in the same rank order, only with fewer copies, waits or Python steps.
   lies, so nothing is copied into the staging ring. All-reduce is then a reduce-scatter and an
   all-gather in place: rank r folds chunk r of the P arrays into its own, piece by piece, and
   each peer copies a piece as soon as it is done, while it is still in r's cache.
-- ``allreduce_split``: private arrays, P > 2: each rank folds only 1/P of each staged chunk
-  (less work when P ranks share fewer cores), then copies the other parts from their owners.
+- ``allreduce_split``: private arrays over ``split_min_bytes``: each rank stages the parts its
+  peers fold, folds only its 1/P of each chunk (less work, and less traffic: benchmarks/README.md,
+  "All-reduce at the memory limit"), then copies the other parts from their owners.
 """
 
 from __future__ import annotations
