@@ -188,3 +188,24 @@ def test_sigterm_stops_the_workers_and_exits_143_with_one_line():
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143
     assert err.strip().splitlines() == ["minilepton: terminated (SIGTERM); workers stopped"]
+
+
+def test_a_bad_environment_variable_stops_even_one_process(monkeypatch):
+    from minilepton.environment import BadEnvironment
+    monkeypatch.setenv("MINILEPTON_COMM_TIMEOUT_S", "nan")
+    with pytest.raises(BadEnvironment, match="MINILEPTON_COMM_TIMEOUT_S='nan'"):
+        ml.train(TrainConfig(epochs=1, verbose=False))
+
+
+def test_a_planted_log_link_is_refused_not_followed(tmp_path):
+    from minilepton.cluster.logs import rank_file_handler
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "logs").mkdir()
+    os.symlink(victim, tmp_path / "logs" / "rank1.log")
+    with pytest.raises(OSError):
+        rank_file_handler(str(tmp_path / "logs"), 1)
+    handler = rank_file_handler(str(tmp_path / "logs"), 0)
+    handler.stream.close()
+    assert victim.read_text() == "precious"
+    assert oct((tmp_path / "logs" / "rank0.log").stat().st_mode & 0o777) == "0o600"

@@ -89,9 +89,17 @@ def setup_worker(rank: int, queue, level: int, log_dir: str | None) -> None:
     to_launcher.addFilter(prefix)
     root.addHandler(to_launcher)
     if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        to_file = logging.FileHandler(os.path.join(log_dir, f"rank{rank}.log"))
+        to_file = rank_file_handler(log_dir, rank)
         to_file.setFormatter(logging.Formatter(FILE_FORMAT))
         to_file.addFilter(prefix)
         root.addHandler(to_file)
     root.setLevel(level)
+
+
+def rank_file_handler(log_dir: str, rank: int) -> logging.Handler:
+    """A handler appending to ``log_dir/rank{rank}.log``, opened with ``O_NOFOLLOW``: a symlink
+    another user planted there is refused instead of followed (new files are 0600)."""
+    os.makedirs(log_dir, exist_ok=True)
+    fd = os.open(os.path.join(log_dir, f"rank{rank}.log"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return logging.StreamHandler(os.fdopen(fd, "a", buffering=1))

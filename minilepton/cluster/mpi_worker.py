@@ -30,7 +30,7 @@ from multiprocessing import spawn
 from ..comm.mpi import MPICommunicator
 from ..files import atomic_write
 from . import simulate
-from .logs import FILE_FORMAT, RankPrefix
+from .logs import FILE_FORMAT, RankPrefix, rank_file_handler
 from .mpi_direct import local_rank, mpi_segments
 
 
@@ -47,9 +47,7 @@ def setup_logging(rank: int, level: int, log_dir: str | None) -> None:
         root.removeHandler(handler)
     handlers = [(logging.StreamHandler(sys.stderr), "%(message)s")]
     if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        handlers.append((logging.FileHandler(os.path.join(log_dir, f"rank{rank}.log")),
-                         FILE_FORMAT))
+        handlers.append((rank_file_handler(log_dir, rank), FILE_FORMAT))
     prefix = RankPrefix(rank)
     for handler, fmt in handlers:
         handler.setFormatter(logging.Formatter(fmt))

@@ -13,9 +13,9 @@ Search order (the first that applies wins):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .. import environment
 from .download import fetch, how_to_provide
 from .errors import DataError
 from .sources import DATA_ROOT_ENV, Source, cache_dir, missing_files
@@ -34,7 +34,7 @@ def _require_complete(directory: Path, what: str) -> Path:
 def candidates(source: Source) -> list[Path]:
     """The folders searched after the explicit path and the data set's variable, in order."""
     found = []
-    root = os.environ.get(DATA_ROOT_ENV)
+    root = environment.read(DATA_ROOT_ENV)
     if root:
         found.append(Path(root) / source.name)
     found.extend(Path(d) for d in source.system_dirs)
@@ -46,7 +46,7 @@ def locate(source: Source, path=None, download: bool = True) -> Path:
     """The folder holding ``source``'s four IDX files (see the module docstring for the order)."""
     if path is not None:
         return _require_complete(Path(path), f"{source.title} folder")
-    env_dir = os.environ.get(source.env_var)
+    env_dir = environment.read(source.env_var)
     if env_dir:
         return _require_complete(Path(env_dir), f"{source.env_var} folder")
     for directory in candidates(source):

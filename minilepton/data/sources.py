@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import environment
+
 # The four files of an MNIST-format data set, as the authors name them (stem + ".gz").
 SPLIT_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -66,7 +68,7 @@ SOURCES = {s.name: s for s in (FASHION_MNIST, MNIST)}
 
 def cache_dir(source: Source) -> Path:
     """``$XDG_CACHE_HOME/minilepton/<name>`` (``~/.cache`` when the variable is unset or relative)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
+    base = environment.read("XDG_CACHE_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
     return root / "minilepton" / source.name
 

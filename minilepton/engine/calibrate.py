@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, nn, optim
+from .. import __version__, environment, nn, optim
 from ..backend import cpu_count
 from ..cluster.blas import limit_threads
 from ..comm.local import LocalComm
@@ -59,7 +59,7 @@ OPTIMIZER_SIZES = [16, 1024, 65536, 1 << 20]
 
 def cache_dir() -> Path:
     """The per-user cache folder of minilepton (created on first write)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = environment.read("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "minilepton"
 
 

@@ -14,13 +14,12 @@ Workers are processes: a script that calls ``train`` with workers needs the
 from __future__ import annotations
 
 import dataclasses
-import os
-
-import numpy as np
 import shutil
 import tempfile
 
-from .. import backend
+import numpy as np
+
+from .. import backend, environment
 from ..cluster import launch
 from ..cluster.blas import limit_threads, share
 from ..cluster.faults import parse_fault
@@ -101,7 +100,7 @@ def worker(comm, cfg: TrainConfig, arrays=None, log=None, run_dir=None):
     cfg = dataclasses.replace(cfg, device=backend.resolve_device(requested_device(cfg)))
     if cfg.device == "gpu":
         if comm.world_size > 1:  # the GPU of this worker's local rank; collectives via host
-            backend.set_gpu_for_local_rank(int(os.environ.get("LOCAL_RANK", comm.rank)))
+            backend.set_gpu_for_local_rank(environment.read("LOCAL_RANK", comm.rank))
             comm = wrap_for_device(comm, "gpu")
         x_train, y_train, x_test, y_test = (backend.to_device(a, "gpu")
                                             for a in (x_train, y_train, x_test, y_test))
@@ -119,6 +118,7 @@ def train(cfg: TrainConfig, arrays=None, timeout_s: float | None = None, log=Non
     ``timeout_s`` bounds a multi-worker job (the launcher stops it and names the stalled rank);
     ``log(line)`` receives the epoch lines instead of stdout (one process only).
     """
+    environment.check()  # a bad MINILEPTON_* value is one line, before any work
     if in_mpi_job():  # `mpiexec -n P minilepton train ...`: this process is one rank of P
         return _train_in_mpi_job(cfg, arrays)
     cfg = normalise(cfg)

@@ -20,6 +20,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import tempfile
 
 import numpy as np
@@ -52,8 +53,8 @@ _NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]{{8}}$")
 
 
 def reap_orphans() -> list:
-    """Unlink arenas whose launcher process no longer exists (killed with SIGKILL, say: its
-    workers died with it, see ``cluster.worker``); return their names. A running job has
+    """Unlink this user's arenas whose launcher process no longer exists (killed with SIGKILL,
+    say: its workers died with it, see ``cluster.worker``); return their names. A running job has
     mapped its arena already, so even a wrong guess would not disturb it."""
     reaped = []
     try:
@@ -65,6 +66,9 @@ def reap_orphans() -> list:
         if m is None or _pid_alive(int(m.group(1))):
             continue
         try:
+            info = os.lstat(os.path.join(shm_dir(), name))
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                continue  # another user's arena (or not an arena): never ours to remove
             os.unlink(os.path.join(shm_dir(), name))
             reaped.append(name)
         except OSError:
