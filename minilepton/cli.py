@@ -142,6 +142,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sync-every", type=int, default=d["sync_every"], metavar="K",
                    help="K > 1: local SGD, each worker steps alone and the parameters are "
                    "averaged every K steps; 1: gradients all-reduced every step")
+    g.add_argument("--overlap", action="store_true",
+                   help="all-reduce each gradient bucket on a thread while backward computes "
+                   "the earlier layers")
     g.add_argument("--compress", default=d["compress"], metavar="none|fp16|topk:FRACTION",
                    help="gradient compression on the wire")
     g.add_argument("--node-speeds", metavar="1,1,0.5,1",

@@ -48,8 +48,6 @@ def add_simulate_parser(sub, formatter_class, add_train_arguments):
     g.add_argument("--virtual-stages", type=int, default=1, metavar="V",
                    help="interleaved pipeline: V model chunks per device (1F1B timing over V× "
                    "the micro-batches)")
-    g.add_argument("--overlap", action="store_true",
-                   help="overlap the gradient all-reduce with backward")
     g = p.add_argument_group("hardware")
     g.add_argument("--hardware", metavar="NAME|PATH",
                    help=f"{', '.join(builtin_names())}, a profile JSON, or this-machine "

@@ -48,7 +48,7 @@ def test_cli_json_prints_the_correct_values_and_the_errata():
     for key, value in TRUE.items():
         assert round(report["values"][key], 7) == value, key
     wrong = {e["quantity"]: e for e in report["errors"]}
-    assert set(wrong) == {"y_hat", "loss", "dL_dw", "w_new"}
+    assert set(wrong) == {"y_hat", "loss", "dL_dw", "dL_db", "w_new", "b_new"}
     assert wrong["y_hat"]["article"] == 0.732 and wrong["loss"]["article"] == 0.365
     assert wrong["w_new"]["article"] == 0.732 and "sign" in wrong["dL_dw"]["why"]
 
@@ -58,4 +58,4 @@ def test_text_report_marks_the_articles_wrong_values(capsys):
     text = capsys.readouterr().out
     for value in ("0.7310586", "0.3132617", "-0.2689414", "1.0026894", "0.0026894"):
         assert value in text
-    assert text.count("wrong)") == 3 and "Where the article is wrong:" in text
+    assert text.count("wrong)") == 6 and "Where the article is wrong:" in text

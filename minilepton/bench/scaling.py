@@ -47,9 +47,8 @@ def add_arguments(parser) -> None:
                         help="gradient encodings to compare, e.g. none,fp16,topk:0.01")
     parser.add_argument("--overlap", default="off", choices=("off", "on", "both"),
                         help="all-reduce buckets on a thread while backward runs")
-    parser.add_argument("--json", default="benchmarks/scaling_dp.json", help="results file")
-    parser.add_argument("--figure", default="figures/speedup_dp.png",
-                        help="speedup plot ('' for none)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results here")
+    parser.add_argument("--figure", metavar="PATH", help="also draw the speedup plot here")
 
 
 def _worker(comm, sizes, global_batch, optimizer, steps, warmup, bucket_bytes, compress,

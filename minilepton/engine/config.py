@@ -81,6 +81,7 @@ class TrainConfig:
     log_dir: str | None = None
     bucket_bytes: int = 1 << 20
     sync_every: int = 1
+    overlap: bool = False
     compress: str = "none"
     node_speeds: tuple[float, ...] | None = None
     balance: str = "none"

@@ -55,7 +55,8 @@ def build_strategy(comm, cfg: TrainConfig, n_features: int = N_FEATURES, tracer=
     return ParallelStrategy(
         Mesh(comm, cfg.dp, cfg.tp, cfg.pp), model, lambda params: build_optimizer(cfg, params),
         loss_fn=build_loss(cfg), micro_batches=cfg.micro_batches, schedule=cfg.schedule,
-        bucket_bytes=cfg.bucket_bytes, compress=cfg.compress, sync_every=cfg.sync_every,
+        bucket_bytes=cfg.bucket_bytes, compress=cfg.compress, overlap=cfg.overlap,
+        sync_every=cfg.sync_every,
         balancer=make_balancer(cfg.balance, cfg.dp, cfg.node_speeds),
         slow_down=simulate.slow_down if speeds else None, tracer=tracer, zero=cfg.zero,
         recompute=cfg.recompute, precision=cfg.precision, grad_accum=cfg.grad_accum)

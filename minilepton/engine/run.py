@@ -64,7 +64,11 @@ def check(cfg: TrainConfig, n_features: int = N_FEATURES) -> None:
     conflict = memory_conflict(zero=cfg.zero, precision=cfg.precision, grad_accum=cfg.grad_accum,
                                batch_size=cfg.batch_size, dp=cfg.dp, pp=cfg.pp,
                                sync_every=cfg.sync_every, compress=cfg.compress,
-                               device=requested_device(cfg))
+                               overlap=cfg.overlap, device=requested_device(cfg))
+    if cfg.overlap and (cfg.sync_every > 1 or requested_device(cfg) == "gpu"):
+        raise ValueError("--overlap sends gradient buckets from a thread on the CPU while "
+                         "backward runs; it needs the gradient all-reduce (no --sync-every) "
+                         "and --device cpu")
     if conflict:
         raise ValueError(conflict)
     for spec in cfg.fault:

@@ -26,8 +26,8 @@ from ..autograd import Tensor
 INPUTS = {"x": 1.0, "y": 1.0, "w": 1.0, "b": 0.0, "lr": 0.01}
 
 # What the article prints for each quantity (None: it prints nothing for it).
-ARTICLE = {"y_hat": 0.732, "loss": 0.365, "dL_dw": None, "dL_db": None, "w_new": 0.732,
-           "b_new": None}
+ARTICLE = {"y_hat": 0.732, "loss": 0.365, "dL_dw": 0.268, "dL_db": 0.268, "w_new": 0.732,
+           "b_new": -0.003}
 
 ERRATA = [
     ("y_hat", "σ(1) = 1/(1 + e⁻¹) = 0.7310586, which rounds to 0.731, not 0.732."),
@@ -35,9 +35,13 @@ ERRATA = [
               "0.3120; 0.365 follows from neither.")),
     ("dL_dw", ("The article flips the sign: ∂L/∂w = (ŷ − y)·x = −0.2689 is negative because "
                "ŷ < y (raising w lowers the loss), so gradient descent must increase w.")),
+    ("dL_db", "The same sign error: ∂L/∂b = ŷ − y = −0.2689, not +0.268."),
     ("w_new", ("w' = w − η·∂L/∂w = 1 + 0.01 × 0.2689 = 1.0026894. A step of η = 0.01 with "
                "|∂L/∂w| < 1 moves w by under 0.01, so w' = 0.732 cannot come from this "
-               "update; it repeats the (rounded) ŷ.")),
+               "update. Even the article's own +0.268 gives 1 − 0.01 × 0.268 = 0.99732: the "
+               "printed 0.732 looks like that number with its '99' dropped.")),
+    ("b_new", ("b' = b − η·∂L/∂b = 0 + 0.01 × 0.2689 = +0.0026894; the article's −0.003 is "
+               "what its wrong-signed gradient gives (0 − 0.01 × 0.268 = −0.00268).")),
 ]
 
 LABELS = {"y_hat": "ŷ = σ(w·x + b)", "loss": "L = BCE(ŷ, y)", "dL_dw": "∂L/∂w",
