@@ -230,9 +230,9 @@ def _stall_rank0(comm):
 @pytest.mark.timeout(60)
 def test_a_stall_is_blamed_on_the_rank_that_stalled_not_the_one_that_noticed():
     with pytest.raises(WorkerError) as info:
-        launch(_stall_rank0, 3, timeout_s=1)
+        launch(_stall_rank0, 3, timeout_s=3)  # (1 s could expire while a busy machine starts)
     assert info.value.rank == 0
-    assert str(info.value).startswith("worker rank 0 failed: stalled (rank 1 reports CommError")
+    assert re.match(r"worker rank 0 failed: stalled \(rank [12] reports CommError", str(info.value))
     assert "rank(s) [0] did not arrive" in str(info.value)
 
 
