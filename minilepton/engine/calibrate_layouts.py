@@ -15,11 +15,14 @@ kept in the profile:
     tp  x per tensor-parallel block    (the mapping ops and their all-reduces' rendezvous)
     pp  x per micro-batch and stage    (walking the plan, matching sends and receives)
 
-Then one run of real size, a 256-256-256-10 MLP with 64 samples per worker, data parallel on P
-workers, gives the factor by which P concurrent workers compute more slowly than one alone
-(shared caches and memory bandwidth, time slices when P exceeds the cores):
+Then runs of real size (MLPs of width 256, 256 features, 64 samples per worker or per
+pipeline) give the factor by which P concurrent workers compute more slowly than one alone:
+shared caches and memory bandwidth, measured with data parallelism; and, when P exceeds the
+cores, the same for a pipeline, whose stages hand work to each other at every micro-batch and
+so wait out time slices that data and tensor parallelism do not:
 
-    concurrent  x × every worker's compute and optimizer seconds
+    dp_concurrent   x × every worker's compute and optimizer seconds
+    pp_concurrent   the same, for pipelines of more workers than cores
 
 ``sim.compute.in_context`` reads them back.
 """
@@ -32,6 +35,7 @@ import statistics
 import numpy as np
 
 from .. import sim
+from ..backend import cpu_count
 from .config import TrainConfig
 from .run import train
 
@@ -41,15 +45,16 @@ TINY = {  # kind -> (hidden sizes, batch per worker-group, micro-batches)
     "pp": ((8, 8, 8), 16, 4),
 }
 SAMPLES, FEATURES, EPOCHS = 960, 8, 4
-MEDIUM = ((256, 256), 64, 256, 3840)  # hidden sizes, batch per worker, features, samples
+MEDIUM = {  # kind -> (hidden sizes, batch per worker-group, micro-batches)
+    "dp_concurrent": ((256, 256), 64, 1),
+    "pp_concurrent": ((256, 256, 256), 64, 4),
+}
+MEDIUM_FEATURES, MEDIUM_SAMPLES = 256, 3840
 
 
 def _config(kind: str, P: int) -> TrainConfig:
-    if kind == "concurrent":
-        hidden, batch, _, _ = MEDIUM
-        return TrainConfig(hidden=hidden, batch_size=batch * P, dp=P, epochs=EPOCHS,
-                           verbose=False)
-    hidden, batch, micro = TINY[kind]
+    hidden, batch, micro = TINY.get(kind) or MEDIUM[kind]
+    kind = kind.replace("_concurrent", "")
     if kind == "dp":
         return TrainConfig(hidden=hidden, batch_size=batch * P, dp=P, epochs=EPOCHS,
                            verbose=False)
@@ -58,7 +63,7 @@ def _config(kind: str, P: int) -> TrainConfig:
 
 
 def _shape(kind: str) -> tuple[int, int]:
-    return (MEDIUM[3], MEDIUM[2]) if kind == "concurrent" else (SAMPLES, FEATURES)
+    return (MEDIUM_SAMPLES, MEDIUM_FEATURES) if kind in MEDIUM else (SAMPLES, FEATURES)
 
 
 def _measured(cfg: TrainConfig, kind: str, runs: int = 2) -> float:
@@ -85,7 +90,7 @@ def _predicted(profile: dict, cfg: TrainConfig, kind: str, P: int, x: float) -> 
 
 
 def _solve(profile, cfg, kind, P, target: float) -> float:
-    lo, hi = (1.0, 4.0) if kind == "concurrent" else (0.0, 0.05)
+    lo, hi = (1.0, 4.0) if kind in MEDIUM else (0.0, 0.05)
     if _predicted(profile, cfg, kind, P, lo) >= target:
         return lo
     for _ in range(40):
@@ -100,14 +105,18 @@ def _solve(profile, cfg, kind, P, target: float) -> float:
 def measure_layouts(profile: dict, log=print, worlds=(2, 4)) -> dict:
     """{"dp"|"tp"|"pp": {"P": seconds}} for ``profile`` (which holds everything else)."""
     out: dict = {}
-    for kind in (*TINY, "concurrent"):
+    for kind in (*TINY, *MEDIUM):
         for P in worlds:
+            if kind == "pp_concurrent" and P <= cpu_count():
+                continue
             cfg = _config(kind, P)
             measured = _measured(cfg, kind)
             out.setdefault(kind, {})[str(P)] = _solve(profile, cfg, kind, P, measured)
             profile["engine"].setdefault("layouts", {}).setdefault(kind, {})[str(P)] = \
                 out[kind][str(P)]
-        log(f"  {kind}: " + ", ".join(f"P={p} " + (f"× {v:.2f}" if kind == "concurrent" else
+        if kind not in out:
+            continue
+        log(f"  {kind}: " + ", ".join(f"P={p} " + (f"× {v:.2f}" if kind in MEDIUM else
                                                     f"{1e6 * v:.0f} µs")
                                       for p, v in out[kind].items()))
     return out

@@ -61,22 +61,26 @@ class StageTime:
                          self.forward_messages_s, self.backward_messages_s)
 
 
-def slowdown(hardware, world: int) -> float:
+def slowdown(hardware, world: int, kind: str = "dp") -> float:
     """How much slower a worker computes when ``world`` workers share a measured machine than
-    alone (shared caches and memory, time slices; ``engine.layouts.concurrent``); 1 elsewhere."""
+    alone (shared caches and memory bandwidth), as calibration measured it with data
+    parallelism (``engine.layouts.dp_concurrent``), or for a pipeline (``kind`` "pp") of more
+    workers than cores, with a pipeline (``pp_concurrent``); 1 elsewhere."""
     layouts = (getattr(hardware.compute, "engine", None) or {}).get("layouts", {})
-    table = layouts.get("concurrent")
+    table = layouts.get("dp_concurrent") or layouts.get("concurrent")
+    if kind == "pp" and hardware.cores and world > hardware.cores and "pp_concurrent" in layouts:
+        table = layouts["pp_concurrent"]   # stages that hand over work wait out time slices
     if world < 2 or not table:
         return 1.0
     return float(table[min(table, key=lambda p: (abs(int(p) - world), int(p)))])
 
 
 def stage_time(shards, micro_batch: float, hardware, precision: str, tp: int,
-               recompute: bool, threads: int = 1, world: int = 1) -> StageTime:
+               recompute: bool, threads: int = 1, world: int = 1, kind: str = "dp") -> StageTime:
     """Seconds of one micro-batch of ``micro_batch`` samples through ``shards`` on one of
-    ``world`` devices."""
+    ``world`` devices of a ``kind`` layout."""
     dev = hardware.compute
-    factor = slowdown(hardware, world)
+    factor = slowdown(hardware, world, kind)
     net = hardware.network("model")
     engine = getattr(dev, "engine", None)
     block_s = engine["block_s"] if engine else 0.0

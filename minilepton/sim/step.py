@@ -162,8 +162,13 @@ def _optimizer_s(stage_shards, layout, hw) -> float:
         else:
             per_param = 30.0 if layout.optimizer == "adam" else 16.0
             t = dev.memory_seconds(per_param * sum(tensors))
-        worst = max(worst, t * slowdown(hw, layout.world))
+        worst = max(worst, t * slowdown(hw, layout.world, _kind(layout)))
     return worst
+
+
+def _kind(layout) -> str:
+    """The parallelism that sets how often workers wait for each other: pipeline, tensor, data."""
+    return "pp" if layout.pp > 1 else "tp" if layout.tp > 1 else "dp"
 
 
 def memory_of(workload, layout, hw, shards=None, boundary=None) -> dict:
@@ -195,8 +200,8 @@ def predict(workload, layout, hw) -> dict:
     mb = layout.micro_batch_size
 
     def times_for(scale: float = 1.0):
-        return [stage_time(sh, mb * scale, hw, dtype, layout.tp,
-                           layout.recompute, threads, layout.world) for sh in shards]
+        return [stage_time(sh, mb * scale, hw, dtype, layout.tp, layout.recompute, threads,
+                           layout.world, _kind(layout)) for sh in shards]
 
     times = times_for()
     boundary = _boundary_bytes(workload, stages, layout, itemsize)
