@@ -16,7 +16,8 @@ What is timed (each a median over repeats, in this process unless said otherwise
   when installed) time all-reduce, all-gather, reduce-scatter, broadcast and send/recv at
   P = 2 and 4; a line t = a + b·N per operation is fitted;
 - **layouts in real steps** (``calibrate_layouts``): tiny models trained with data, tensor and
-  pipeline parallelism at P = 2 and 4 give what those layouts cost beyond the above.
+  pipeline parallelism at P = 2 and 4 give what those layouts cost beyond the above, and runs of
+  real size how much concurrent workers slow each other.
 
 The profile is a JSON file in the per-user cache folder (``$XDG_CACHE_HOME/minilepton`` or
 ``~/.cache/minilepton``), written whole or not at all (``files.atomic_write_text``), and
