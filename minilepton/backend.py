@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def _import_cupy():
     if _cupy is not None:
         return _cupy
     try:
-        import cupy  # noqa: PLC0415 - optional, and must not be imported before it is wanted
+        import cupy  # optional, and must not be imported before it is wanted
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
         why = f"{exc.__class__.__name__}: {exc}"
         raise DeviceError(f"--device gpu needs CuPy (pip install 'minilepton[gpu]'): {why}",
@@ -189,7 +190,7 @@ def scatter_add(target, index, values) -> None:
     if xp_of(target) is np:
         np.add.at(target, index, values)
         return
-    import cupyx  # noqa: PLC0415 - present whenever cupy is
+    import cupyx  # present whenever cupy is
     cupyx.scatter_add(target, index, values)
 
 
@@ -259,3 +260,15 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The processor's name, as ``/proc/cpuinfo`` gives it (for the records benchmarks write)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -20,6 +20,7 @@ import platform
 import numpy as np
 
 from .. import __version__
+from ..backend import cpu_model
 from ._common import save_figure
 
 
@@ -49,22 +50,11 @@ def machine(library, blas_threads) -> dict:
     except ImportError:
         mpi4py_version = None
     return {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform(),
+            else os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "minilepton": __version__, "mpi4py": mpi4py_version, "mpi_library": library,
             "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "blas_threads_per_worker": blas_threads}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def format_table(rows) -> str:

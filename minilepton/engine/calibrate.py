@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, environment, nn, optim
-from ..backend import cpu_count
+from ..backend import cpu_count, cpu_model
 from ..cluster.blas import limit_threads
 from ..comm.local import LocalComm
 from ..files import atomic_write_text
@@ -241,9 +241,9 @@ def calibrate(log=print, collectives: bool = True, quick: bool = False) -> dict:
     log("memory-bound work, optimizers, the engine's own cost")
     profile = {
         "name": "this-machine", "kind": "measured",
-        "description": f"{_cpu_model()}, {cores} cores, measured by minilepton calibrate",
+        "description": f"{cpu_model()}, {cores} cores, measured by minilepton calibrate",
         "created_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": {"cores": cores, "cpu": _cpu_model(), "platform": platform.platform(),
+        "machine": {"cores": cores, "cpu": cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "minilepton": __version__, "load_average_1min": load},
         "cores": cores, "memory_bytes": _memory_bytes(), "process_bytes": _process_bytes(),
@@ -258,17 +258,6 @@ def calibrate(log=print, collectives: bool = True, quick: bool = False) -> dict:
         profile["engine"]["layouts"] = measure_layouts(profile, log=log, worlds=worlds)
     profile["calibration_seconds"] = time.perf_counter() - t0
     return profile
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def save(profile: dict, path=None) -> Path:
