@@ -31,6 +31,7 @@ from ..comm.mpi import MPICommunicator
 from ..files import atomic_write
 from . import simulate
 from .logs import FILE_FORMAT, RankPrefix, rank_file_handler
+from .malloc import keep_freed_memory
 from .mpi_direct import local_rank, mpi_segments
 
 
@@ -78,6 +79,7 @@ def run(payload_path: str, result_dir: str) -> None:
         with open(payload_path, "rb") as f:
             payload = pickle.load(f)
         _prepare(payload["prep"])
+        keep_freed_memory()
         setup_logging(rank, payload["log_level"], payload["log_dir"])
         fn, args = pickle.loads(payload["job"])
         comm = _apply_simulation(MPICommunicator(world, **payload["comm_options"]),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..comm.shm import Arena, ShmConfig, world_communicator
 from . import blas, logs, simulate
+from .malloc import keep_freed_memory
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,6 +59,7 @@ def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -
         if spec.cores and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, spec.cores[rank])
         blas.limit_threads(spec.blas_threads)
+        keep_freed_memory()
         logs.setup_worker(rank, log_queue, spec.log_level, spec.log_dir)
         arena = Arena.attach(spec.arena_name)
         comm = world_communicator(arena, rank, world_size, spec.world_offset, spec.config)

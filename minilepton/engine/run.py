@@ -23,6 +23,7 @@ from .. import backend, environment
 from ..cluster import launch
 from ..cluster.blas import limit_threads, share
 from ..cluster.faults import parse_fault
+from ..cluster.malloc import keep_freed_memory
 from ..cluster.mpi_launch import in_mpi_job, run_direct
 from ..comm.device_staging import wrap_for_device
 from ..comm.local import LocalComm
@@ -162,6 +163,7 @@ def _train_in_mpi_job(cfg: TrainConfig, arrays):
     size, rank = world.Get_size(), world.Get_rank()
     on_this_node = world.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # (a collective)
     limit_threads(share(on_this_node, cfg.blas_threads))  # as the launcher gives its workers
+    keep_freed_memory()
     try:  # every rank checks; rank 0 alone reports
         cfg = normalise(cfg, size)
         if cfg.world_size != size:
