@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,7 +30,11 @@ def figures_dir() -> Path:
     if not QUICK:
         return REPO_FIGURES
     chosen = os.environ.get("MINILEPTON_FIGURES")
-    folder = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="minilepton-figures-"))
+    if not chosen:  # a folder of this run's own, removed when the run ends
+        folder = Path(tempfile.mkdtemp(prefix="minilepton-figures-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return folder
+    folder = Path(chosen)
     if folder.resolve() == REPO_FIGURES.resolve() or REPO_FIGURES.resolve() in folder.resolve().parents:
         raise ValueError(f"a quick run does not write under figures/ ({folder})")
     folder.mkdir(parents=True, exist_ok=True)
