@@ -5,9 +5,12 @@ whole tensors, so a run saved on one layout resumes on any other."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minilepton as ml
 from minilepton.cluster import WorkerError
@@ -176,3 +179,29 @@ def test_the_cli_reports_a_failed_job_in_one_line_with_exit_1(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert err[0].startswith("minilepton: error: worker rank 1 failed: InjectedFault")
+
+
+@pytest.mark.timeout(240)
+@settings(max_examples=6, deadline=None)
+@given(st.sampled_from(LAYOUTS), st.sampled_from(LAYOUTS), st.integers(2, 11))
+def test_resume_across_any_two_layouts_at_any_step(before, after, stop):
+    """Hypothesis over pairs of layouts and the step a run stops at: saved on one, finished on
+    another, the result is the serial one (float64, rtol 1e-10)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = os.path.join(tmp, "ck")
+        ml.train(TrainConfig(checkpoint_dir=ck, checkpoint_every=stop, **before,
+                             **dict(COMMON, epochs=1)), arrays=_arrays())
+        last = 11 // stop * stop  # the last mid-epoch checkpoint (the two newest are kept)
+        kept = f"epoch_0000.step_{last:06d}.npz"
+        assert kept in os.listdir(ck)
+        for name in os.listdir(ck):  # as if the run had stopped right after step `last`
+            if name != kept:
+                os.unlink(os.path.join(ck, name))
+        path = os.path.join(tmp, "resumed.npz")
+        metrics = ml.train(TrainConfig(checkpoint_dir=ck, resume=True, save=path, **after,
+                                       **COMMON), arrays=_arrays())
+        assert metrics["resumed"]["global_step"] == last
+        straight = os.path.join(tmp, "straight.npz")
+        ml.train(TrainConfig(save=straight, **COMMON), arrays=_arrays())
+        for name, value in _params(straight).items():
+            np.testing.assert_allclose(_params(path)[name], value, rtol=1e-10, atol=1e-13)
