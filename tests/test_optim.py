@@ -196,3 +196,32 @@ def test_constructor_checks():
         Adam([p], betas=(1.0, 0.9))
     assert isinstance(SGD([p], lr=0.1), Optimizer)
     assert "lr=0.1" in repr(SGD([p], lr=0.1))
+
+
+@pytest.mark.parametrize("make", [lambda ps: ml.optim.Adam(ps, lr=1e-3),
+                                  lambda ps: ml.optim.SGD(ps, lr=1e-2, momentum=0.9)],
+                         ids=["adam", "sgd-momentum"])
+def test_decayed_moments_are_flushed_out_of_the_subnormal_range(make, monkeypatch):
+    """A weight whose gradient stays 0 decays into subnormals; flushing them every 32 steps
+    keeps the update fast and leaves every parameter bit where it would have been."""
+    from minilepton.optim import adam, sgd
+    grad = np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32)
+    grad[:20] = 0  # after the first step, these rows never see a gradient again
+
+    def run():
+        p = ml.Tensor(np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32),
+                      requires_grad=True)
+        opt = make([p])
+        for t in range(1024):
+            p.grad = grad if t else np.ones_like(grad)
+            opt.step()
+        state = [a for a in opt.state[0].values() if isinstance(a, np.ndarray)]
+        return p.data.copy(), state
+    flushed, state = run()
+    tiny = np.finfo(np.float32).tiny
+    assert all(not np.any((a != 0) & (np.abs(a) < tiny)) for a in state)
+    for module in (adam, sgd):
+        monkeypatch.setattr(module, "FLUSH_EVERY", 10**9)
+    unflushed, state = run()
+    assert any(np.any((a != 0) & (np.abs(a) < tiny)) for a in state)  # the case is real
+    assert np.array_equal(flushed, unflushed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from .optimizer import Optimizer
+from .optimizer import FLUSH_EVERY, Optimizer, flush_subnormals
 
 
 class Adam(Optimizer):
@@ -55,6 +55,9 @@ class Adam(Optimizer):
         tmp = xp.multiply(g, g, out=tmp)
         tmp *= 1.0 - b2
         v += tmp
+        if t % FLUSH_EVERY == 0:  # decayed moments out of the slow subnormal range
+            flush_subnormals(m, xp)
+            flush_subnormals(v, xp)
         denom = xp.sqrt(v, out=tmp)
         denom /= math.sqrt(1.0 - b2 ** t)
         denom += eps

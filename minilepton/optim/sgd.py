@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer
+from .optimizer import FLUSH_EVERY, Optimizer, flush_subnormals
 
 
 class SGD(Optimizer):
@@ -41,6 +41,8 @@ class SGD(Optimizer):
             else:
                 buf *= momentum
                 buf += g
+                if state.get("step", 0) % FLUSH_EVERY == FLUSH_EVERY - 1:
+                    flush_subnormals(buf, xp)  # a decayed buffer out of the subnormal range
             g = buf
         p.data -= xp.multiply(g, lr, out=self._scratch(p.data))  # no temporary allocated
         state["step"] = state.get("step", 0) + 1
