@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 import minilepton as ml
+from minilepton.cluster.procfs import parent
 
 LAYOUTS = [{"workers": 1}, {"workers": 2}, {"workers": 3}, {"tp": 2},
            {"pp": 2, "micro_batches": 2}, {"dp": 2, "tp": 2}]
@@ -41,20 +42,16 @@ def leftovers(mpi: bool) -> set:
     tmp = tempfile.gettempdir()
     names |= {f"tmp:{n}" for n in os.listdir(tmp) if n.startswith("minilepton-run-")
               or (mpi and n.startswith("minilepton-mpi-"))}
-    me = str(os.getpid())
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] == me:
-                    names.add(f"child:{pid}")
-        except (OSError, IndexError):
-            pass
+        if parent(int(pid)) == os.getpid():
+            names.add(f"child:{pid}")
     return names
 
 
 def mpi_usable() -> bool:
     try:
         import mpi4py  # noqa: F401
+
         from minilepton.cluster.mpi_launch import find_mpiexec
         return find_mpiexec() is not None
     except ImportError:

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -87,18 +88,10 @@ def execute(notebook, path: Path, figures: Path) -> None:
            "OPENBLAS_NUM_THREADS": "1",  # small matrices; spinning threads hurt
            # the kernel imports the minilepton of this tree, however (or whether) it was installed
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):  # the kernel inherits them; restored after
         client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                                          resources={"metadata": {"path": str(path.parent)}})
         client.execute()  # raises CellExecutionError naming the failing cell
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _text(cell) -> str:

@@ -23,6 +23,7 @@ import time
 
 from . import signals
 from .errors import WorkerError
+from .procfs import running
 
 STOP_GRACE_S = 3.0
 _PR_SET_PDEATHSIG = 1
@@ -98,7 +99,7 @@ class _ExitWatch:
         seen = set().union(*self.exited)
         watched = set(self.fds.values())
         ended = ready | {rank for rank, pid in self.pids.items() if rank not in seen and
-                         rank not in watched and not _running(pid)}
+                         rank not in watched and not running(pid)}
         if ended:
             self.exited.append(ended)
             for fd in [fd for fd, rank in self.fds.items() if rank in ended]:
@@ -120,14 +121,6 @@ class _ExitWatch:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # MPICH's own report of a rank's MPI_Abort: the launcher names the rank and its error itself

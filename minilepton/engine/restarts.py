@@ -24,6 +24,7 @@ import numpy as np
 
 from ..cluster import WorkerError, launch
 from ..cluster.faults import fired_at, parse_fault
+from ..cluster.procfs import is_descendant
 from ..comm.base import timeout_default
 from .heartbeats import heartbeats
 
@@ -46,17 +47,17 @@ def supervise(cfg, arrays, options: dict, run_dir: str, worker) -> dict:
                 _add_recovery(metrics, cfg, run_dir)
             return metrics
         except WorkerError as exc:
-            if watchdog.stopped is not None:  # name the rank that stalled, not its peers
-                exc = WorkerError(watchdog.stopped, f"stalled: no training step for "
-                                  f"{watchdog.limit_s:g} s, stopped by the supervisor")
+            failure = exc if watchdog.stopped is None else WorkerError(  # the stalled rank
+                watchdog.stopped, f"stalled: no training step for {watchdog.limit_s:g} s, "
+                "stopped by the supervisor")
             if attempt == cfg.max_restarts:
-                raise exc from None
-            failures[exc.rank] = failures.get(exc.rank, 0) + 1
+                raise failure from None
+            failures[failure.rank] = failures.get(failure.rank, 0) + 1
             attempt_cfg = dataclasses.replace(attempt_cfg, resume=True)
-            shrunk = _fewer_workers(attempt_cfg, cfg.min_workers, failures[exc.rank])
+            shrunk = _fewer_workers(attempt_cfg, cfg.min_workers, failures[failure.rank])
             if shrunk is not attempt_cfg:
                 attempt_cfg, failures = shrunk, {}
-            cause = str(exc).splitlines()[0]
+            cause = str(failure).splitlines()[0]
             print(f"minilepton: {cause}; restart {attempt + 1}/{cfg.max_restarts} from the "
                   f"newest checkpoint on {attempt_cfg.world_size} worker(s)",
                   file=sys.stderr, flush=True)
@@ -91,24 +92,10 @@ class Watchdog:
             now = time.time()
             for rank, (last_s, waiting, pid) in enumerate(np.array(self.table)):
                 if last_s and not waiting and now - last_s > self.limit_s \
-                        and _is_descendant(int(pid)):
+                        and is_descendant(int(pid)):
                     self.stopped = rank
                     os.kill(int(pid), signal.SIGKILL)
                     return
-
-
-def _is_descendant(pid: int) -> bool:
-    """Is ``pid`` a process this one started (a child, or a child's child...)?"""
-    me = os.getpid()
-    for _ in range(4):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid == me:
-            return True
-    return False
 
 
 def _add_recovery(metrics: dict, cfg, run_dir: str) -> None:
@@ -136,9 +123,7 @@ def _fewer_workers(cfg, min_workers, failures_of_rank: int):
 
 def _for_world(options: dict, cfg) -> dict:
     """The launcher's options for this attempt's world size (node speeds follow the workers)."""
-    out = dict(options)
-    if "node_speeds" in out:
-        out["node_speeds"] = list(cfg.node_speeds) if cfg.node_speeds else None
-        if out["node_speeds"] is None:
-            del out["node_speeds"]
+    out = {k: v for k, v in options.items() if k != "node_speeds"}
+    if cfg.node_speeds:
+        out["node_speeds"] = list(cfg.node_speeds)
     return out

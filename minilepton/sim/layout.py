@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SCHEDULES = ("gpipe", "1f1b")
+from ..parallel.schedules import SCHEDULES  # the schedules the code runs, by name
 
 
 @dataclass(frozen=True)
