@@ -53,15 +53,35 @@ def raw_mpi_job(comm, sizes, repeats, target_ms):
 
 
 def copy_job(comm, sizes, repeats, target_ms):
-    """The machine's copy bandwidth in the same run: every rank copies a private array of each
-    size into another at the same time (``np.copyto``, a memcpy), timed like an all-reduce."""
-    src = np.ones(max(sizes) // 4, np.float32)
-    dst = np.zeros_like(src)
+    """The machine's copy bandwidths in the same run, every rank at once: ``copy``, a memcpy
+    (``np.copyto``) of a private array into another, timed like an all-reduce; and ``pull``,
+    a memcpy out of the array the next rank has just written (its lines still sit in that
+    rank's cache, or in memory when they do not fit): the bytes an all-reduce must bring in.
+    A pull is timed call by call, between barriers (the peer's write is not timed)."""
+    n = max(sizes) // 4
+    src, dst = np.ones(n, np.float32), np.zeros(n, np.float32)
 
     def copy(x):
         np.copyto(dst[:x.size], x)
 
-    return _cycle(comm, copy, {"private": src}, sizes, repeats, target_ms, comm.barrier)
+    times = _cycle(comm, copy, {"copy": src}, sizes, repeats, target_ms, comm.barrier)
+    mine = comm.zeros((n,), np.float32)
+    theirs = comm.peers_of(mine)[(comm.rank + 1) % comm.world_size]
+    for rnd in range(repeats + 1):  # the first round warms up (page faults)
+        for nbytes in sizes:
+            m = nbytes // 4
+            calls = min(_agreed_calls(comm, target_ms * 1e-3 / (nbytes / 5e9 + 1e-6)), 1000)
+            spent = 0.0
+            for k in range(calls):
+                mine[:m] = k  # the peer pulls lines this rank has just written
+                comm.barrier()
+                t0 = time.perf_counter()
+                np.copyto(dst[:m], theirs[:m])
+                spent += time.perf_counter() - t0
+                comm.barrier()
+            if rnd:
+                times.setdefault(("pull", nbytes), []).append(spent / calls)
+    return times
 
 
 def _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, barrier):

@@ -4,12 +4,18 @@ and a figure.
 algbw = bytes / time; busbw = 2(P−1)/P · bytes / time (the nccl-tests convention: what each
 rank's link must carry); ``vs_mpich`` = MPICH's median time / this median time (>1: faster).
 
-The copy-bandwidth limit: ``copy_GBps`` is what a memcpy of the same size reached on every rank
-at once, in the same run. An in-place all-reduce (reduce-scatter, then all-gather) makes each
-rank read N (its block of all P arrays) + (P−1)/P·N (the other blocks) and write N/P + (P−1)/P·N
-bytes, as much traffic as copying (3P−1)/(2P)·N bytes; at the copy bandwidth B its busbw is at
-most ``limit_busbw_GBps`` = 2(P−1)/P · 2P/(3P−1) · B = 4(P−1)/(3P−1) · B (0.8 B for P = 2), and
-``of_limit`` = busbw / that.
+Two copy bandwidths of the same run, every rank copying at once (``copy_job``): ``copy_GBps``,
+a memcpy between two private arrays, and ``pull_GBps``, a memcpy out of the array the next rank
+has just written. The second is the limit. Whatever the algorithm, an all-reduce must bring
+into each rank 2(P−1)/P·N bytes that its peers wrote (in a reduce-scatter and all-gather,
+(P−1)/P·N of inputs and as much of results), and busbw counts exactly those bytes per second;
+so an all-reduce whose only cost were those pulls would reach busbw = ``pull_GBps``, and
+``of_limit`` = busbw / ``pull_GBps``. The limit is not a plain memcpy: data another core has
+just written comes from that core's cache or from memory, at about half the speed of a copy
+inside one core's L2 (benchmarks/README.md, "All-reduce at the memory limit"). It can be
+passed by a few per cent when nothing fits in cache: the pull's copy then pays a write-allocate
+(its destination is read before it is written) that a fold into an array it has just read
+does not.
 """
 
 from __future__ import annotations
@@ -31,17 +37,21 @@ def rows(P, runs, sizes) -> list[dict]:
             continue
         t = float(np.median(ts))
         base = runs.get(("mpich", "raw", "private", nbytes))
-        copied = runs.get(("memcpy", "copy", "private", nbytes))
-        copy_GBps = nbytes / float(np.median(copied)) / 1e9 if copied else None
+        copy_GBps, pull_GBps = (_bandwidth(runs.get(("memcpy", "copy", how, nbytes)), nbytes)
+                                for how in ("copy", "pull"))
         busbw = 2 * (P - 1) / P * nbytes / t / 1e9 if P > 1 else None
-        limit = 4 * (P - 1) / (3 * P - 1) * copy_GBps if copy_GBps and P > 1 else None
+        limit = pull_GBps if P > 1 else None
         rows.append({"P": P, "backend": backend, "algorithm": algorithm, "path": path,
                      "bytes": nbytes, "seconds": t, "repeats": len(ts),
                      "algbw_GBps": nbytes / t / 1e9, "busbw_GBps": busbw,
                      "vs_mpich": float(np.median(base)) / t if base else None,
-                     "copy_GBps": copy_GBps, "limit_busbw_GBps": limit,
+                     "copy_GBps": copy_GBps, "pull_GBps": pull_GBps, "limit_busbw_GBps": limit,
                      "of_limit": busbw / limit if limit else None})
     return rows
+
+
+def _bandwidth(times, nbytes: int) -> float | None:
+    return nbytes / float(np.median(times)) / 1e9 if times else None
 
 
 def machine(library, blas_threads) -> dict:
@@ -59,16 +69,17 @@ def machine(library, blas_threads) -> dict:
 
 def format_table(rows) -> str:
     head = (f"{'P':>2} {'backend':7} {'algorithm':9} {'path':8} {'size':>9} {'time/call':>11} "
-            f"{'algbw':>10} {'busbw':>10} {'vs MPICH':>9} {'copy':>10} {'of limit':>8}")
+            f"{'algbw':>10} {'busbw':>10} {'vs MPICH':>9} {'copy':>10} {'pull':>10} {'of pull':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         busbw = f"{r['busbw_GBps']:7.2f} GB/s" if r["busbw_GBps"] is not None else f"{'-':>10}"
         ratio = f"{r['vs_mpich']:8.2f}x" if r["vs_mpich"] else f"{'-':>9}"
-        copy = f"{r['copy_GBps']:5.2f} GB/s" if r.get("copy_GBps") else f"{'-':>10}"
+        copy, pull = (f"{r[k]:5.2f} GB/s" if r.get(k) else f"{'-':>10}"
+                      for k in ("copy_GBps", "pull_GBps"))
         limit = f"{r['of_limit']:7.0%}" if r.get("of_limit") else f"{'-':>8}"
         lines.append(f"{r['P']:>2} {r['backend']:7} {r['algorithm']:9} {r['path']:8} "
                      f"{_size(r['bytes']):>9} {r['seconds'] * 1e6:9.1f}µs "
-                     f"{r['algbw_GBps']:5.2f} GB/s {busbw} {ratio} {copy} {limit}")
+                     f"{r['algbw_GBps']:5.2f} GB/s {busbw} {ratio} {copy} {pull} {limit}")
     return "\n".join(lines)
 
 

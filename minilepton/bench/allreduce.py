@@ -6,12 +6,14 @@
 Contenders: every (backend, algorithm) asked for, each on arena arrays (``comm.zeros``: on shm
 they live in shared memory, on MPI they are ordinary arrays) and on private NumPy arrays, plus
 the baseline: plain ``comm.Allreduce(MPI.IN_PLACE, x)`` of mpi4py on a NumPy array under
-mpiexec, and a memcpy of each size on every rank at once (the machine's copy bandwidth, for the
-limit an in-place all-reduce could reach: see ``_allreduce_report``). Each round launches every contender once, in a rotating order, and inside a job the
-repeats cycle over sizes and paths, so that a slow window of a shared machine hits them all
-alike. Reported: the median time per call over all repeats, algbw = bytes / time, busbw =
-2(P−1)/P · bytes / time (the nccl-tests convention: what each rank's link must carry) and the
-speed relative to the MPICH baseline (>1: faster).
+mpiexec (the MPI library is named in the JSON), and two memcpys of each size on every rank at
+once: between private arrays (``copy``), and out of the array a peer has just written
+(``pull``: the limit an all-reduce could reach, see ``_allreduce_report``). Each round launches
+every contender once, in a rotating order, and inside a job the repeats cycle over sizes and
+paths, so that a slow window of a shared machine hits them all alike. Reported: the median
+time per call over all repeats, algbw = bytes / time, busbw = 2(P−1)/P · bytes / time (the
+nccl-tests convention: what each rank's link must carry) and the speed relative to the MPI
+baseline (>1: faster).
 """
 
 from __future__ import annotations
