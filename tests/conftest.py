@@ -48,7 +48,8 @@ def small_config():
     from minilepton.comm.shm import ShmConfig
 
     return ShmConfig(stage_depth=3, stage_bytes=1024, channel_slots=8, channel_chunk_bytes=4096,
-                     pipeline_bytes=1024, arena_min_bytes=0, split_min_bytes=2048)
+                     pipeline_bytes=1024, arena_min_bytes=0, split_min_bytes=2048,
+                     single_copy_min_bytes=4096)
 
 
 def run_job(backend: str, fn, world_size: int, args=(), **kwargs):

@@ -20,7 +20,7 @@ from test_collectives import data  # rank inputs over six decades: order changes
 
 from minilepton.comm import CommStats, ShmConfig
 from minilepton.comm.fold import UFUNCS
-from minilepton.comm.shm import dispatch, fast, reference
+from minilepton.comm.shm import dispatch, fast, reference, single_copy
 
 
 def _arena_copy(comm, x, view: bool):
@@ -46,6 +46,9 @@ def _allreduce_case(comm, case):
     got["arena"] = np.array(y)
     got["split"] = x.copy()
     fast.allreduce_split(comm, got["split"], uf, mean)
+    assert single_copy.available(comm)  # Linux, one user: ranks may read each other
+    got["single"] = x.copy()
+    single_copy.allreduce(comm, got["single"], uf, mean)
     got["dispatch"] = comm.allreduce(x.copy(), op=op)
     return want, got
 
@@ -112,7 +115,7 @@ def test_every_fast_path_gives_the_reference_bits():
 
 # ---- the dispatch table, without a process
 def _comm(P=2, nbytes_slot=1 << 20, arena=False, watched=False):
-    cfg = SimpleNamespace(split_min_bytes=256 << 10)
+    cfg = SimpleNamespace(split_min_bytes=256 << 10, single_copy_min_bytes=4 << 20)
     return SimpleNamespace(world_size=P, arena_min_bytes=256 << 10, config=cfg,
                            _small_bytes=nbytes_slot, hooks=[print] if watched else [],
                            link=None, verbose=False, in_arena=lambda x: arena)
@@ -127,6 +130,7 @@ def _comm(P=2, nbytes_slot=1 << 20, arena=False, watched=False):
     (2, 256 << 10, False, False, None, "small"),
     (2, 512 << 10, False, False, None, "split"),   # private, over split_min_bytes: any P
     (2, 4 << 20, False, False, None, "split"),
+    (2, 8 << 20, False, False, None, "single"),   # over single_copy_min_bytes, where allowed
     (4, 1024, False, False, None, "small"),
     (4, 1 << 20, False, False, None, "split"),
     (4, 1 << 20, True, False, "rsag", "arena"),
@@ -134,7 +138,8 @@ def _comm(P=2, nbytes_slot=1 << 20, arena=False, watched=False):
     (1, 1 << 20, True, False, None, "staged"),
 ])
 def test_the_dispatch_table_picks_a_path_by_size_place_and_algorithm(P, nbytes, arena, watched,
-                                                                     algorithm, want):
+                                                                     algorithm, want, monkeypatch):
+    monkeypatch.setattr(single_copy, "available", lambda comm: True)
     x = np.zeros(nbytes // 4, np.float32)
     assert dispatch.path(_comm(P, arena=arena, watched=watched), "allreduce", x,
                          algorithm) == want

@@ -35,6 +35,9 @@ class ShmConfig:
                                             # ones: one wait instead of three beats a copy
     split_min_bytes: int = 256 << 10        # private arrays: above this, each rank
                                             # reduces 1/P of each chunk (two waits, less work)
+    single_copy_min_bytes: int | None = 4 << 20  # private arrays over this: read in the
+                                            # peers' memory (process_vm_readv) where the
+                                            # kernel allows; None: never
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: one core's L2 cache with a core per
                                             # worker, else off; see l2_bytes)

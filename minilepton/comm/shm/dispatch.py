@@ -7,6 +7,8 @@ the algorithm asked for, where the array lives (private, or in the arena: made b
     collective      path    when                                           runs
     allreduce       ring    algorithm="ring"                               ring.allreduce
                     arena   an arena array over arena_min_bytes            fast.allreduce_arena
+                    single  a private array over single_copy_min_bytes,    single_copy.allreduce
+                            where the kernel lets the ranks read each other
                     split   a private array over split_min_bytes           fast.allreduce_split
                     small   one staging slot or less, no hook/link/verbose fast.allreduce_small
                     staged  anything else                                  reference.allreduce
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..fold import UFUNCS, ring_bytes
-from . import fast, reference, ring
+from . import fast, reference, ring, single_copy
 
 ALGORITHMS = (None, "rsag", "ring")
 
@@ -33,6 +35,7 @@ TABLE = {
     ("allreduce", "ring"): ring.allreduce,
     ("allreduce", "arena"): fast.allreduce_arena,
     ("allreduce", "small"): fast.allreduce_small,  # (comm, x, op): it checks nothing, counts itself
+    ("allreduce", "single"): single_copy.allreduce,
     ("allreduce", "split"): fast.allreduce_split,
     ("allreduce", "staged"): reference.allreduce,
     ("reduce_scatter", "arena"): fast.reduce_scatter_arena,
@@ -45,6 +48,7 @@ TABLE = {
 
 _SAY = {"ring": "ring (send to rank {right}, receive from rank {left}, {steps} steps)",
         "arena": "rsag (arena, in place)", "split": "rsag (private, staged, split fold)",
+        "single": "rsag (private, read in the peers' memory)",
         "staged": "rsag (private, staged)"}
 
 
@@ -61,7 +65,9 @@ def path(comm, collective: str, x, algorithm: str | None = None) -> str:
     if n > comm.arena_min_bytes and comm.in_arena(x):
         return "arena"
     if n > comm.config.split_min_bytes:
-        return "split"
+        big = comm.config.single_copy_min_bytes  # the probe: two exchanges, once per group
+        return "single" if big is not None and n > big and single_copy.available(comm) \
+            else "split"
     if 0 < n <= comm._small_bytes and not comm.hooks and comm.link is None and not comm.verbose:
         return "small"
     return "staged"
