@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+WARM_CALLS = 10  # calls on the largest size before anything is timed
+
 
 def _time(allreduce, x, calls: int, barrier) -> float:
     barrier()
@@ -87,8 +89,9 @@ def copy_job(comm, sizes, repeats, target_ms):
 def _cycle(comm, allreduce, buffers, sizes, repeats, target_ms, barrier):
     """Warm up, agree on a number of calls per (path, size), then time the repeats, cycling
     over sizes and paths."""
-    for x in buffers.values():  # page faults, scratch buffers
-        allreduce(x[:max(sizes) // 4])
+    for x in buffers.values():  # page faults, scratch buffers, huge pages settling: the
+        for _ in range(WARM_CALLS):  # first calls on a fresh buffer are several times slower
+            allreduce(x[:max(sizes) // 4])
     calls = {}
     for nbytes in sizes:
         for path, buf in buffers.items():
