@@ -49,7 +49,7 @@ def small_config():
 
     return ShmConfig(stage_depth=3, stage_bytes=1024, channel_slots=8, channel_chunk_bytes=4096,
                      pipeline_bytes=1024, arena_min_bytes=0, split_min_bytes=2048,
-                     single_copy_min_bytes=4096)
+                     single_copy=True, single_copy_min_bytes=4096)
 
 
 def run_job(backend: str, fn, world_size: int, args=(), **kwargs):

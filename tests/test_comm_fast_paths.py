@@ -115,7 +115,8 @@ def test_every_fast_path_gives_the_reference_bits():
 
 # ---- the dispatch table, without a process
 def _comm(P=2, nbytes_slot=1 << 20, arena=False, watched=False):
-    cfg = SimpleNamespace(split_min_bytes=256 << 10, single_copy_min_bytes=4 << 20)
+    cfg = SimpleNamespace(split_min_bytes=256 << 10, single_copy=True,
+                          single_copy_min_bytes=4 << 20)
     return SimpleNamespace(world_size=P, arena_min_bytes=256 << 10, config=cfg,
                            _small_bytes=nbytes_slot, hooks=[print] if watched else [],
                            link=None, verbose=False, in_arena=lambda x: arena)

@@ -8,7 +8,7 @@ the algorithm asked for, where the array lives (private, or in the arena: made b
     allreduce       ring    algorithm="ring"                               ring.allreduce
                     arena   an arena array over arena_min_bytes            fast.allreduce_arena
                     single  a private array over single_copy_min_bytes,    single_copy.allreduce
-                            where the kernel lets the ranks read each other
+                            if single_copy and the kernel lets ranks read
                     split   a private array over split_min_bytes           fast.allreduce_split
                     small   one staging slot or less, no hook/link/verbose fast.allreduce_small
                     staged  anything else                                  reference.allreduce
@@ -65,9 +65,9 @@ def path(comm, collective: str, x, algorithm: str | None = None) -> str:
     if n > comm.arena_min_bytes and comm.in_arena(x):
         return "arena"
     if n > comm.config.split_min_bytes:
-        big = comm.config.single_copy_min_bytes  # the probe: two exchanges, once per group
-        return "single" if big is not None and n > big and single_copy.available(comm) \
-            else "split"
+        cfg = comm.config  # the probe, two exchanges, runs once per group
+        return "single" if cfg.single_copy and n > cfg.single_copy_min_bytes \
+            and single_copy.available(comm) else "split"
     if 0 < n <= comm._small_bytes and not comm.hooks and comm.link is None and not comm.verbose:
         return "small"
     return "staged"
