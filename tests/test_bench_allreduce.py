@@ -70,10 +70,9 @@ def test_l2_bytes_reads_the_level_2_cache_and_falls_back_elsewhere(tmp_path):
     assert l2_bytes(_cache(tmp_path / "d", (2, "lots")), default=9) == 9   # unreadable size
 
 
-def test_arena_pieces_and_single_copy_by_default_only_with_a_core_per_worker(monkeypatch):
+def test_arena_pieces_default_to_one_l2_with_a_core_per_worker_else_none(monkeypatch):
     monkeypatch.setattr("minilepton.comm.shm.config.l2_bytes", lambda: 3 << 20)
-    dedicated, shared = ShmConfig().resolve(2, cores=2), ShmConfig().resolve(4, cores=2)
-    assert (dedicated.pipeline_bytes, dedicated.single_copy) == (3 << 20, True)
-    assert (shared.pipeline_bytes, shared.single_copy) == (0, False)
-    forced = ShmConfig(pipeline_bytes=1 << 20, single_copy=True).resolve(4, cores=2)
-    assert (forced.pipeline_bytes, forced.single_copy) == (1 << 20, True)
+    assert ShmConfig().resolve(2, cores=2).pipeline_bytes == 3 << 20
+    assert ShmConfig().resolve(4, cores=2).pipeline_bytes == 0
+    assert ShmConfig(pipeline_bytes=1 << 20).resolve(4, cores=2).pipeline_bytes == 1 << 20
+    assert ShmConfig().resolve(2, cores=2).single_copy is False  # asked for, never by default

@@ -35,11 +35,10 @@ class ShmConfig:
                                             # ones: one wait instead of three beats a copy
     split_min_bytes: int = 256 << 10        # private arrays: above this, each rank
                                             # reduces 1/P of each chunk (two waits, less work)
-    single_copy: bool | None = None         # private arrays over single_copy_min_bytes:
+    single_copy: bool = False               # private arrays over single_copy_min_bytes:
                                             # read in the peers' memory (process_vm_readv)
-                                            # where the kernel allows (None: with a core per
-                                            # worker; with fewer cores its system calls slowed
-                                            # the staged calls after them: benchmarks/README.md)
+                                            # where the kernel allows; off by default: it
+                                            # slowed the calls after it (benchmarks/README.md)
     single_copy_min_bytes: int = 4 << 20
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: one core's L2 cache with a core per
@@ -60,8 +59,6 @@ class ShmConfig:
             self.spin_s = spin_default(world_size, cores)
         if self.stage_bytes is None:
             self.stage_bytes = (1 << 20) if dedicated else (4 << 20)
-        if self.single_copy is None:
-            self.single_copy = dedicated
         if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
             self.pipeline_bytes = l2_bytes() if dedicated else 0
         return self
