@@ -26,8 +26,8 @@ import pytest
 import minilepton as ml
 from minilepton import environment
 from minilepton.cluster import WorkerError, launch, logs
-from minilepton.cluster.mpi_direct import is_segment, unlink_segments
 from minilepton.cluster.mpi_launch import _JOB_PREFIX, _sweep_dead_jobs, find_mpiexec
+from minilepton.cluster.mpi_segments import is_segment, unlink_segments
 from minilepton.engine.config import TrainConfig
 
 MPI_MISSING = ("mpi4py is not installed" if __import__("importlib").util.find_spec("mpi4py")
@@ -239,7 +239,7 @@ def test_a_stall_is_blamed_on_the_rank_that_stalled_not_the_one_that_noticed():
 _INTERRUPTED = """
 import time
 from minilepton.cluster import launch
-from minilepton.cluster.mpi_direct import mpi_segments
+from minilepton.cluster.mpi_segments import mpi_segments
 
 def wait(comm):
     if comm.rank == 0:

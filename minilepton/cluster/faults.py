@@ -9,7 +9,8 @@ training step S (counted from 1 over the whole run):
     slow    the worker sleeps ``seconds`` (default 1) and carries on: a transient straggler
 
 Each fault fires once per run: before firing, the worker creates a marker file for it in the
-run's private folder (``O_CREAT | O_EXCL``), so a job restarted after the fault goes on past it.
+run's private folder (``O_CREAT | O_EXCL``), so a job restarted after the fault goes on past it
+(a direct ``mpiexec`` run is never restarted and keeps no marker).
 The marker holds the moment it fired (``time.time()``), which ``fired_at`` reads back.
 """
 
@@ -63,10 +64,14 @@ def parse_fault(spec: str) -> Fault:
     return Fault(kind, rank, step, seconds)
 
 
-def maybe_fire(faults, rank: int, step: int, marker_dir: str) -> None:
-    """Fire the faults meant for ``rank`` after ``step`` that have not fired in this run."""
+def maybe_fire(faults, rank: int, step: int, marker_dir: str | None) -> None:
+    """Fire the faults meant for ``rank`` after ``step`` that have not fired in this run.
+    ``marker_dir`` None: no restart follows (a direct ``mpiexec`` run), so no marker is kept."""
     for index, fault in enumerate(faults):
         if fault.rank != rank or fault.step != step:
+            continue
+        if marker_dir is None:
+            _fire(fault)
             continue
         marker = os.path.join(marker_dir, f"fault-{index}")
         try:

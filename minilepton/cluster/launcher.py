@@ -31,7 +31,7 @@ from ..comm.shm import ShmConfig
 from ..comm.shm.arena import Arena, reap_orphans
 from ..files import check_writable
 from . import blas, logs, signals, simulate
-from .errors import WorkerError
+from .errors import WorkerError, blame
 from .mpi_launch import check_seconds, launch_mpi
 from .worker import WorkerSpec, worker_main
 
@@ -157,32 +157,20 @@ class _Job:
 
     def _blame(self, r, message, others):
         """WorkerError for rank ``r``'s error, or for the rank that stalled when ``r`` (and
-        every other rank that reports within ``REPORT_GRACE_S``) says that rank did not arrive:
-        the header names the cause, the text keeps who noticed."""
-        _, kind, text, trace = message
-        detail = f"{kind}: {text}\n\nworker traceback:\n{trace}"
-        suspects = stalled_ranks(text)
-        if not suspects:
-            return WorkerError(r, detail)
+        every other rank that reports within ``REPORT_GRACE_S``) says that rank did not arrive
+        (``errors.blame``): the header names the cause, the text keeps who noticed."""
         reports = {r: message}
-        deadline = time.monotonic() + REPORT_GRACE_S
-        while others and time.monotonic() < deadline:
-            for ready in wait_ready([self.conns[o] for o in others],
-                                    max(0.0, deadline - time.monotonic())):
-                o = self.conns.index(ready)
-                others.discard(o)
-                reports[o] = self._message(o)
-        for o, report in sorted(reports.items()):
-            if report is not None and report[0] == "error":
-                named = stalled_ranks(report[2])
-                if named is None:  # a real error elsewhere: that rank is the cause
-                    return WorkerError(o, f"{report[1]}: {report[2]}\n\nworker traceback:\n"
-                                          f"{report[3]}")
-                suspects = [s for s in suspects if s in named]
-        suspects = [s for s in suspects if s not in reports]
-        if len(suspects) != 1:
-            return WorkerError(r, detail)
-        return WorkerError(suspects[0], f"stalled (rank {r} reports {detail})")
+        if stalled_ranks(message[2]):
+            deadline = time.monotonic() + REPORT_GRACE_S
+            while others and time.monotonic() < deadline:
+                for ready in wait_ready([self.conns[o] for o in others],
+                                        max(0.0, deadline - time.monotonic())):
+                    o = self.conns.index(ready)
+                    others.discard(o)
+                    reports[o] = self._message(o)
+        errors = {o: m for o, m in reports.items() if m is not None and m[0] == "error"}
+        return blame(r, {o: (f"{kind}: {text}", f"{kind}: {text}\n\nworker traceback:\n{trace}")
+                         for o, (_, kind, text, trace) in errors.items()}, heard=reports)
 
     def _message(self, r):
         conn = self.conns[r]

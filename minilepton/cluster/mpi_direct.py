@@ -1,71 +1,32 @@
 """Direct MPI runs: ``mpiexec -n P python -m minilepton ...``, every rank runs the program.
 
 There is no launcher process: ``in_mpi_job()`` says this process is a rank of an MPI job (from
-the environment alone), ``world_from_mpi()`` gives the communicator over COMM_WORLD (and sets
-RANK, WORLD_SIZE, LOCAL_RANK), and ``run_direct(fn, args)`` runs ``fn(comm, *args)`` here,
-aborting every rank if it fails. Also here: the MPI library's shared-memory files of this
-rank (``mpi_segments``, with hydra's topology file), which an aborted job would leave behind,
-and ``unlink_segments``, which removes only such files: named as MPICH names them, directly in
-/dev/shm (or hydra's in /tmp), regular files this user owns, never through a link.
+the environment alone), ``init_mpi()`` puts the rank under a guard (``rank_guard``: a parent
+process that names the rank if a signal kills it, and removes its MPI files) and starts MPI,
+``world_from_mpi()`` gives the communicator over COMM_WORLD (and sets RANK, WORLD_SIZE,
+LOCAL_RANK), and ``run_direct(fn, args)`` runs ``fn(comm, *args)`` here, aborting every rank if
+it fails (a rank that reports its own failure removes the MPI files itself: ``mpi_segments``).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import stat
+import signal
 import sys
+import threading
 import traceback
 
 from ..comm.mpi import MPICommunicator
+from . import rank_guard
+from .errors import blame
+from .mpi_segments import mpi_segments, unlink_segments
 
 # Environment variables that process managers set in every rank (MPICH/hydra, Intel MPI,
 # Open MPI, PMIx, MVAPICH).
 _MPI_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _MPI_SEGMENTS: list = []  # this rank's MPI shared-memory files, in a direct run
-# The only files a job's clean-up may unlink: MPICH's segments and the topology file that
-# hydra's proxy writes with mkstemp (a hard-coded /tmp) and removes only when the job ends well.
-_SEGMENT = re.compile(r"/dev/shm/mpich_shm_[A-Za-z0-9_]+|/tmp/hydra_hwloc_xmlfile_[A-Za-z0-9]+")
-
-
-def mpi_segments() -> list[str]:
-    """MPICH's files of this rank (Linux): the /dev/shm segments it has mapped and the topology
-    file its hydra proxy (the parent process) holds open."""
-    try:
-        with open("/proc/self/maps") as f:
-            mapped = {row[-1] for row in map(str.split, f) if len(row) == 6}
-    except OSError:
-        return []
-    proxy_fds = f"/proc/{os.getppid()}/fd"
-    try:
-        held = {os.readlink(os.path.join(proxy_fds, fd)) for fd in os.listdir(proxy_fds)}
-    except OSError:  # gone, or not ours to read
-        held = set()
-    return sorted(path for path in mapped | held if _SEGMENT.fullmatch(path))
-
-
-def is_segment(path: str, uid: int | None = None) -> bool:
-    """True if ``path`` is an MPI segment this user may remove: an MPICH name directly in
-    /dev/shm (or hydra's topology file), a regular file (not a link) owned by ``uid``."""
-    if not isinstance(path, str) or not _SEGMENT.fullmatch(path):
-        return False
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_uid == (os.geteuid() if uid is None else uid)
-
-
-def unlink_segments(paths) -> None:
-    """Remove the MPI segments among ``paths`` (anything else is left alone, see
-    ``is_segment``); the ranks that mapped them keep their mappings."""
-    for path in paths:
-        if is_segment(path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def local_rank(world) -> int:
@@ -84,10 +45,47 @@ def in_mpi_job() -> bool:
     return any(name in os.environ for name in _MPI_RANK_VARS + _MPI_SIZE_VARS)
 
 
+def init_mpi():
+    """Start MPI (importing mpi4py's ``MPI`` calls ``MPI_Init``) under a guard; the module.
+
+    The first time, in a rank of an MPI job, this process forks: the parent guards the rank
+    (``rank_guard``) and never returns. SIGINT and SIGTERM wait until MPI has started and the
+    guard knows the rank's MPI files (then they are delivered as usual): ``MPI_Init`` blocks in
+    C, where no Python handler runs, and a rank stopped in there would leave those files behind.
+    A rank that cannot start (its peer exited) is stopped by its guard."""
+    first = "mpi4py.MPI" not in sys.modules and in_mpi_job()
+    if first:
+        rank_guard.guard_this_rank(next((os.environ[v] for v in _MPI_RANK_VARS
+                                         if v in os.environ), "?"))
+    stops: list = []
+    here = threading.current_thread() is threading.main_thread()  # (handlers live there)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stops.append(signum))
+                for sig in _STOPS} if here else {}
+    try:
+        from mpi4py import MPI  # optional dependency
+        if first:
+            _note_segments(MPI.COMM_WORLD.Get_rank())
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, and left as it is now
+                signal.signal(sig, handler)
+        for sig in stops[:1]:  # now to the handler it was meant for
+            os.kill(os.getpid(), sig)
+    return MPI
+
+
+def _note_segments(rank: int) -> None:
+    """This rank's MPI files (mapped by ``MPI_Init``), kept for ``_abort`` and told its guard."""
+    _MPI_SEGMENTS[:] = mpi_segments(rank_guard.manager_pid())
+    rank_guard.tell(rank, _MPI_SEGMENTS)
+
+
 def world_from_mpi(algorithm: str = "ordered"):
     """An ``MPICommunicator`` over COMM_WORLD; sets RANK, WORLD_SIZE and LOCAL_RANK."""
+    init_mpi()
     comm = MPICommunicator(None, algorithm)
-    _MPI_SEGMENTS[:] = mpi_segments()  # mapped by MPI_Init; nothing else has run yet
+    if not _MPI_SEGMENTS:  # MPI was started by someone else
+        _note_segments(comm.rank)
     os.environ.update(RANK=str(comm.rank), WORLD_SIZE=str(comm.world_size),
                       LOCAL_RANK=str(local_rank(comm.comm)))
     return comm
@@ -108,7 +106,10 @@ def run_direct(fn, args=(), algorithm: str = "ordered"):
 
 
 def _abort(comm, summary: str, trace: str, code: int):
-    sys.stderr.write(f"{trace}[rank {comm.rank}] {summary}; aborting the MPI job\n")
+    """Report (naming the rank that stalled when this one merely noticed: ``errors.blame``),
+    remove the MPI segments, and abort the job."""
+    failure = blame(comm.rank, {comm.rank: (summary, summary)})
+    sys.stderr.write(f"{trace}[rank {failure.rank}] {failure.message}; aborting the MPI job\n")
     sys.stderr.flush()
     unlink_segments(_MPI_SEGMENTS)  # MPI_Abort would leave them in /dev/shm
     comm.comm.Abort(code)

@@ -11,13 +11,15 @@ supervised like the shared-memory one (``mpi_watch`` runs and watches mpiexec):
   launcher watches the ranks' process ids), with mpiexec's exit string. MPICH's mpiexec (hydra)
   runs with ``-disable-auto-cleanup``, so it does not kill the other ranks at once, which would
   race with the launcher's watch; the launcher sees the rank die, then kills the rest itself;
-- a collective that waits past ``timeout_s`` fails on its rank, which aborts the job; past
-  ``job_timeout_s`` (or on Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank
-  still alive is killed by its process id (hydra gives each rank its own session, so killing
-  mpiexec's process group alone would not reach them). The temporary directory always goes;
+- a collective that waits past ``timeout_s`` fails on its rank, which aborts the job; its
+  ``CommError`` names the ranks that did not arrive, and the error blames the one that stalled,
+  not the one that noticed (``errors.blame``, as on shm); past ``job_timeout_s`` (or on
+  Ctrl-C) mpiexec is asked to stop its ranks, then killed, and any rank still alive is killed
+  by its process id (hydra gives each rank its own session, so killing mpiexec's process group
+  alone would not reach them). The temporary directory always goes;
 - if the launcher itself is killed, Linux sends mpiexec SIGTERM (``PR_SET_PDEATHSIG``), which
   stops the ranks, and the next launch removes the dead job's directory and MPI segments (only
-  folders of this user named as ours, and only MPICH's own files: ``mpi_direct.is_segment``).
+  folders of this user named as ours, and only MPICH's own files: ``mpi_segments.is_segment``).
 
 Direct runs (``mpiexec -n 4 python -m minilepton train ...``) have no launcher process:
 ``in_mpi_job()``, ``world_from_mpi()`` and ``run_direct(fn, args)`` (defined in ``mpi_direct``,
@@ -42,8 +44,9 @@ import time
 from multiprocessing import spawn
 
 from . import blas, signals, simulate
-from .errors import WorkerError
-from .mpi_direct import in_mpi_job, run_direct, unlink_segments, world_from_mpi
+from .errors import WorkerError, blame
+from .mpi_direct import in_mpi_job, run_direct, world_from_mpi
+from .mpi_segments import unlink_segments
 from .mpi_watch import rank_pids, run_mpiexec
 
 __all__ = ["find_mpiexec", "in_mpi_job", "launch_mpi", "run_direct", "world_from_mpi"]
@@ -196,10 +199,11 @@ def _collect(job_dir, world_size, returncode, tail, exited):
         if os.path.exists(path):
             with open(path, "rb") as f:
                 records[rank] = pickle.load(f)
-    errors = [(rec[1], rank, rec) for rank, rec in records.items() if rec[0] == "error"]
-    if errors:
-        _, rank, (_, _, summary, trace) = min(errors)
-        raise WorkerError(rank, f"{summary}\n{trace}")
+    errors = {rank: rec for rank, rec in records.items() if rec[0] == "error"}
+    if errors:  # the first report, or the rank that stalled when the reports say so
+        first = min(errors, key=lambda rank: errors[rank][1])
+        raise blame(first, {rank: (summary, f"{summary}\n{trace}")
+                            for rank, (_, _, summary, trace) in errors.items()}, heard=records)
     if returncode != 0 or len(records) < world_size:
         silent = next((ended - set(records) for ended in exited if ended - set(records)), set())
         raise WorkerError(*_explain_exit(job_dir, returncode, tail, silent))

@@ -11,7 +11,6 @@ SIGKILL, then every rank still alive is killed by its process id.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import re
 import select
@@ -26,16 +25,12 @@ from .errors import WorkerError
 from .procfs import running
 
 STOP_GRACE_S = 3.0
-_PR_SET_PDEATHSIG = 1
 _POLL_S = 0.01  # how often the launcher looks at mpiexec and the ranks' processes
 
 
 def _die_with_launcher() -> None:
     """In mpiexec, before exec (Linux): SIGTERM when the launcher dies, so hydra stops the ranks."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    signals.die_with_parent(signal.SIGTERM)
 
 
 def run_mpiexec(cmd, env, job_dir, timeout_s):

@@ -32,7 +32,8 @@ from ..files import atomic_write
 from . import simulate
 from .logs import FILE_FORMAT, RankPrefix, rank_file_handler
 from .malloc import keep_freed_memory
-from .mpi_direct import local_rank, mpi_segments
+from .mpi_direct import local_rank
+from .mpi_segments import mpi_segments
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -6,15 +6,19 @@
   installed (the CLI's) is left in place.
 - ``held()``: Ctrl-C and SIGTERM wait while a job is being cleaned up (a second one must not
   leave workers or files behind); they are delivered when the clean-up is done.
+- ``die_with_parent(sig)``: a process that must not outlive its parent (mpiexec started by the
+  MPI launcher, a rank under its guard) gets ``sig`` when the parent ends (Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import threading
 
 _HELD = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1
 
 
 @contextlib.contextmanager
@@ -45,3 +49,12 @@ def held():
     finally:
         if previous is not None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD - set(previous))
+
+
+def die_with_parent(sig) -> None:
+    """Linux: this process gets ``sig`` when its parent ends (``PR_SET_PDEATHSIG``); elsewhere
+    nothing. It only calls ``prctl``, so it may run between fork and exec."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

@@ -24,7 +24,7 @@ from ..cluster import launch
 from ..cluster.blas import limit_threads, share
 from ..cluster.faults import parse_fault
 from ..cluster.malloc import keep_freed_memory
-from ..cluster.mpi_launch import in_mpi_job, run_direct
+from ..cluster.mpi_direct import in_mpi_job, init_mpi, run_direct
 from ..comm.device_staging import wrap_for_device
 from ..comm.local import LocalComm
 from ..data import dataset_dir
@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, arrays=None, timeout_s: float | None = None, log=Non
 
 def _train_in_mpi_job(cfg: TrainConfig, arrays):
     """This process is one rank of an mpiexec job: the world size is MPI's."""
-    from mpi4py import MPI
+    MPI = init_mpi()
     world = MPI.COMM_WORLD
     size, rank = world.Get_size(), world.Get_rank()
     on_this_node = world.Split_type(MPI.COMM_TYPE_SHARED).Get_size()  # (a collective)

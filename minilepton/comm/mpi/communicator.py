@@ -3,8 +3,10 @@
 Arrays move as raw bytes through MPI buffers, never pickled, and every reduction is folded
 here in NumPy (``allreduce``), so the bits do not depend on the MPI library. Every operation
 is a nonblocking MPI call polled until done (``_wait``): a stalled or dead peer makes it fail
-with ``CommError`` after ``timeout_s`` instead of hanging. ``send`` copies the message and
-returns at once (the copy travels in the background), as the shm channels do.
+with ``CommError`` after ``timeout_s`` instead of hanging, naming the ranks that did not arrive
+(``presence``: while it waits, a rank answers the probes of a rank that timed out). ``send``
+copies the message and returns at once (the copy travels in the background), as the shm
+channels do. Making a communicator over a whole job is a collective (it duplicates it once).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..base import CommError, Communicator, timeout_default, verbose_default, yi
 from ..fold import UFUNCS, fold
 from . import allreduce
 from .allreduce import USER_TAG, as_bytes
+from .presence import ANSWER_S, Presence
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class MPICommunicator(Communicator):
     backend_name = "mpi"
 
     def __init__(self, comm=None, algorithm: str = "ordered", small_bytes: int = 32 << 10,
-                 timeout_s: float | None = None, _owned: bool = False):
+                 timeout_s: float | None = None, _owned: bool = False, _presence=None):
         self.MPI = MPI = _mpi()
         self.comm = MPI.COMM_WORLD if comm is None else comm
         super().__init__(self.comm.Get_rank(), self.comm.Get_size())
@@ -53,6 +56,8 @@ class MPICommunicator(Communicator):
         self._pending: list = []  # (request, private copy) of sends not yet delivered
         self._world_rank = MPI.COMM_WORLD.Get_rank()
         self.verbose = verbose_default()
+        self.presence = Presence(MPI, self.comm) if _presence is None else _presence
+        self._job_ranks = self.presence.job_ranks(self.comm)  # for naming absent ranks
 
     def _say(self, text: str) -> None:
         """``MINILEPTON_VERBOSE=1``: log every operation, as the shm backend does."""
@@ -89,15 +94,25 @@ class MPICommunicator(Communicator):
             polls += 1
             if polls < SPIN_POLLS:
                 continue
+            self.presence.answer()  # a peer that timed out may be asking who is here
             waited_s = time.monotonic() - t_start
             if waited_s > self.timeout_s:
-                raise CommError(f"{what} on rank {self.rank}: peers did not complete it within "
-                                f"{self.timeout_s:g} s (a rank stalled or died); raise "
-                                "MINILEPTON_COMM_TIMEOUT_S if they are just slow")
+                raise CommError(self._timed_out(what))
             if waited_s < _SPIN_S:
                 yield_core()
             else:
                 time.sleep(1e-3)
+
+    def _timed_out(self, what: str) -> str:
+        """The CommError text of a wait that timed out, naming the ranks not waiting in MPI."""
+        absent = self.presence.absent(self._job_ranks, min(ANSWER_S, self.timeout_s / 4))
+        if absent:
+            return (f"{what} on rank {self.rank}: rank(s) {absent} did not arrive within "
+                    f"{self.timeout_s:g} s (stalled or dead); raise MINILEPTON_COMM_TIMEOUT_S "
+                    "if they are just slow")
+        return (f"{what} on rank {self.rank}: not done within {self.timeout_s:g} s although "
+                "every rank is waiting in MPI (do all ranks call the same operations in the "
+                "same order?)")
 
     # ---- the collectives
     def allreduce(self, x, op: str = "sum", algorithm: str | None = None):
@@ -195,7 +210,7 @@ class MPICommunicator(Communicator):
         if color is None:
             return None
         return MPICommunicator(sub, self.algorithm, self.small_bytes, self.timeout_s,
-                               _owned=True)
+                               _owned=True, _presence=self.presence)
 
     def close(self) -> None:
         """Deliver pending sends (bounded by ``timeout_s``) and free a split's communicator."""
