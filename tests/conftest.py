@@ -74,3 +74,19 @@ def cp():
             pytest.fail(f"MINILEPTON_REQUIRE_GPU=1 but {exc}", pytrace=False)
         pytest.skip(str(exc))
     return backend.namespace("gpu")
+
+
+def files_in_use(open_files: bool = True) -> set:
+    """Paths under /dev/shm some live process maps, and (``open_files``) every path some live
+    process holds open: what a file a dead job left behind is not."""
+    used = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used.update(line.split()[-1] for line in f if "/dev/shm/" in line)
+            if open_files:
+                fds = f"/proc/{pid}/fd"
+                used.update(os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds))
+        except OSError:
+            continue
+    return used

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (pip install '.[mpi]')")
 
+from conftest import files_in_use  # noqa: E402
 from test_collectives import data, fold  # noqa: E402 - rank inputs, the rank-order fold
 
 from minilepton.cluster import WorkerError, launch, simulate  # noqa: E402
@@ -231,14 +232,7 @@ def _alive(pid: int) -> bool:
 
 def _orphan_segments() -> set:
     """/dev/shm files that no live process has mapped (what a dead job would leave)."""
-    mapped = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                mapped.update(line.split()[-1] for line in f if "/dev/shm/" in line)
-        except OSError:
-            pass
-    return {f"/dev/shm/{name}" for name in os.listdir("/dev/shm")} - mapped
+    return {f"/dev/shm/{name}" for name in os.listdir("/dev/shm")} - files_in_use(False)
 
 
 @pytest.fixture

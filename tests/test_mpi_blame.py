@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import files_in_use
 
 pytest.importorskip("mpi4py", reason="MPI runs need mpi4py (pip install '.[mpi]')")
 from minilepton.cluster import WorkerError, launch
@@ -40,22 +41,8 @@ def _mpi_files() -> set:
     return {n for n in names if MPI_FILE.fullmatch(n)}
 
 
-def _in_use() -> set:
-    """Files some live process maps or holds open."""
-    used = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                used.update(line.split()[-1] for line in f if "/dev/shm/" in line)
-            fds = f"/proc/{pid}/fd"
-            used.update(os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds))
-        except OSError:
-            continue
-    return used
-
-
 def _left_behind(before: set) -> set:
-    return (_mpi_files() - before) - _in_use()
+    return (_mpi_files() - before) - files_in_use()
 
 
 def _job_processes(token: str) -> list:
