@@ -29,10 +29,14 @@ def test_mpiexec_runs_one_data_parallel_job(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_mpiexec_with_a_mismatched_layout_is_one_error_line():
-    out = subprocess.run([MPIEXEC, "-n", "2", *TRAIN, "--workers", "3"],
+@pytest.mark.parametrize("flags, says", [
+    (["--workers", "3"], "mpiexec started 2 ranks"),
+    (["--max-restarts", "1"], "--max-restarts needs a launcher"),  # mpiexec owns the ranks
+])
+def test_mpiexec_with_a_run_it_cannot_make_is_one_error_line(flags, says):
+    out = subprocess.run([MPIEXEC, "-n", "2", *TRAIN, *flags],
                          capture_output=True, text=True, timeout=50, check=False)
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("minilepton: error: mpiexec started 2 ranks")
+    assert len(errors) == 1 and errors[0].startswith(f"minilepton: error: {says}")
     assert "Epoch" not in out.stdout

@@ -170,6 +170,11 @@ def _train_in_mpi_job(cfg: TrainConfig, arrays):
             raise ValueError(f"mpiexec started {size} ranks but the run asks for "
                              f"{cfg.world_size} workers (--workers/--dp/--tp/--pp); "
                              "drop --workers or match mpiexec -n")
+        if cfg.max_restarts:
+            raise ValueError("--max-restarts needs a launcher to start the ranks again, and "
+                             "mpiexec starts them here: run `minilepton train --backend mpi "
+                             f"--workers {size} --max-restarts {cfg.max_restarts} ...` instead "
+                             "of inside mpiexec")
         check(cfg, arrays[0].shape[1] if arrays is not None else N_FEATURES)
     except ValueError as exc:
         if rank:
