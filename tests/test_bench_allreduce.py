@@ -17,9 +17,9 @@ from minilepton.comm.shm.config import ShmConfig, l2_bytes
 
 
 def _args(**over):
-    base = dict(workers="2", sizes="1KiB,64KiB", backend="shm", algorithm="rsag",
-                paths="arena,private", rounds=1, repeats=1, target_ms=2.0, no_baseline=True,
-                json=None, figure=None)
+    base = {"workers": "2", "sizes": "1KiB,64KiB", "backend": "shm", "algorithm": "rsag",
+            "paths": "arena,private", "rounds": 1, "repeats": 1, "target_ms": 2.0,
+            "no_baseline": True, "json": None, "figure": None}
     return argparse.Namespace(**{**base, **over})
 
 

@@ -46,9 +46,9 @@ def _allreduce_case(comm, case):
     got["arena"] = np.array(y)
     got["split"] = x.copy()
     fast.allreduce_split(comm, got["split"], uf, mean)
-    assert single_copy.available(comm)  # Linux, one user: ranks may read each other
-    got["single"] = x.copy()
-    single_copy.allreduce(comm, got["single"], uf, mean)
+    if single_copy.available(comm):  # where the kernel lets ranks read each other
+        got["single"] = x.copy()
+        single_copy.allreduce(comm, got["single"], uf, mean)
     got["dispatch"] = comm.allreduce(x.copy(), op=op)
     return want, got
 

@@ -36,7 +36,8 @@ from ..base import CommError
 from ..fold import block_bounds
 from .fast import BLOCK_BYTES, fold_into
 
-PULL_BYTES = 524288
+PULL_BYTES = BLOCK_BYTES  # a block pulled from a peer and folded while it is in cache (256 KiB
+                          # beat 128 KiB, 512 KiB, 1 MiB and 4 MiB at 4-16 MiB)
 
 
 class _IoVec(ctypes.Structure):
