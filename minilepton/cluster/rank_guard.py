@@ -57,9 +57,7 @@ def guard_this_rank(rank_hint: str) -> None:
         os.close(write_end)
         _guard(child, read_end, rank_hint)  # does not return
     os.close(read_end)
-    die_with_parent(signal.SIGKILL)
-    if os.getppid() != guard:  # the guard is already gone
-        os._exit(1)
+    die_with_parent(signal.SIGKILL, guard)  # (ends here if the guard is already gone)
     _GUARD.update(pipe=write_end, manager=manager)
 
 

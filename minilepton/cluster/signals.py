@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import threading
 
@@ -51,10 +52,13 @@ def held():
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD - set(previous))
 
 
-def die_with_parent(sig) -> None:
+def die_with_parent(sig, parent_pid: int | None = None) -> None:
     """Linux: this process gets ``sig`` when its parent ends (``PR_SET_PDEATHSIG``); elsewhere
-    nothing. It only calls ``prctl``, so it may run between fork and exec."""
+    nothing. With ``parent_pid``, a parent that ended before the call took effect ends this
+    process at once. It only calls ``prctl``, so it may run between fork and exec."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)

@@ -8,17 +8,14 @@ message through its pipe: ``("ok", result)`` or ``("error", type, message, trace
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import traceback
 from dataclasses import dataclass, field
 
 from ..comm.shm import Arena, ShmConfig, world_communicator
-from . import blas, logs, simulate
+from . import blas, logs, signals, simulate
 from .malloc import keep_freed_memory
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -38,20 +35,9 @@ class WorkerSpec:
     env: dict = field(default_factory=dict)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGKILL this worker when the launcher goes away (no orphaned workers)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the launcher died before prctl took effect
-        os._exit(1)
-
-
 def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(spec.parent_pid)
+    signals.die_with_parent(signal.SIGKILL, spec.parent_pid)  # no orphaned workers
     os.environ.update(spec.env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     comm = None

@@ -8,6 +8,7 @@ outnumber cores, so fewer, larger steps win there).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class ShmConfig:
                                                     self.channel_chunk_bytes)
 
 
+@functools.cache
 def l2_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache", default: int = 1 << 20) -> int:
     """One core's L2 cache in bytes, as Linux describes it under /sys (``default`` elsewhere).
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..base import CommError
 from ..fold import block_bounds
-from .fast import BLOCK_BYTES, fold_into
+from .fast import BLOCK_BYTES, _scratch, fold_into
 
 PULL_BYTES = BLOCK_BYTES  # a block pulled from a peer and folded while it is in cache (256 KiB
                           # beat 128 KiB, 512 KiB, 1 MiB and 4 MiB at 4-16 MiB)
@@ -134,10 +134,12 @@ def _pull(comm, q: int, pid: int, address: int, out) -> None:
 
 
 def _blocks(comm, dtype, step: int) -> list:
-    """P buffers of ``step`` items per group and dtype, reused: the peers' pulled blocks, and
-    at this rank's index the fold's own scratch (``fold_into`` needs one when P > 2)."""
+    """A buffer of ``step`` items per peer for its pulled blocks, made once per group and dtype;
+    at this rank's index the group's fold scratch (``fast._scratch``; ``fold_into`` needs one
+    when P > 2)."""
     cache = comm.__dict__.setdefault("_pull_blocks", {})
     dt = np.dtype(dtype)
     if dt not in cache:
-        cache[dt] = [np.empty(step, dt) for _ in range(comm.world_size)]
+        cache[dt] = [_scratch(comm, dt) if q == comm.rank else np.empty(step, dt)
+                     for q in range(comm.world_size)]
     return cache[dt]
