@@ -75,4 +75,3 @@ def test_arena_pieces_default_to_one_l2_with_a_core_per_worker_else_none(monkeyp
     assert ShmConfig().resolve(2, cores=2).pipeline_bytes == 3 << 20
     assert ShmConfig().resolve(4, cores=2).pipeline_bytes == 0
     assert ShmConfig(pipeline_bytes=1 << 20).resolve(4, cores=2).pipeline_bytes == 1 << 20
-    assert ShmConfig().resolve(2, cores=2).single_copy is False  # asked for, never by default

@@ -179,6 +179,11 @@ class Arena:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def back(self, offset: int, nbytes: int) -> None:
+        """Give ``nbytes`` at ``offset`` memory now (``posix_fallocate``; a no-op where they
+        have it already); OSError when the machine's shared memory has no room for them."""
+        os.posix_fallocate(self._fd, int(offset), int(nbytes))
+
     def view(self, offset: int, shape, dtype) -> np.ndarray:
         """An array over ``shape``/``dtype`` at byte ``offset`` of the mapped arena."""
         return np.ndarray(shape, dtype=dtype, buffer=self.mm, offset=int(offset))

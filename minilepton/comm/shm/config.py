@@ -3,7 +3,8 @@
 Fields left to None are filled by ``resolve(world_size)`` for the job at hand: whether every
 worker has a core of its own decides how long a wait spins, how big a staging slot is, and
 whether the arena all-reduce is pipelined (each wait costs a context switch when workers
-outnumber cores, so fewer, larger steps win there).
+outnumber cores, so fewer, larger steps win there), whether the staging ring is mapped up
+front, and whether large private arrays are read in the peers' memory.
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ class ShmConfig:
                                             # ones: one wait instead of three beats a copy
     split_min_bytes: int = 256 << 10        # private arrays: above this, each rank
                                             # reduces 1/P of each chunk (two waits, less work)
-    single_copy: bool = False               # private arrays over single_copy_min_bytes:
+    single_copy: bool | None = None         # private arrays over single_copy_min_bytes:
                                             # read in the peers' memory (process_vm_readv)
-                                            # where the kernel allows; off by default: it
-                                            # slowed the calls after it (benchmarks/README.md)
+                                            # where the kernel allows (None: with a core
+                                            # per worker, as prefault_ring)
     single_copy_min_bytes: int = 4 << 20
+    prefault_ring: bool | None = None       # map the whole staging ring when a group is
+                                            # made (None: with a core per worker, where it
+                                            # is depth x P x 1 MiB); else each slot's pages
+                                            # fault in inside the first call that uses it
     pipeline_bytes: int | None = None       # arena all-reduce: piece handed on per step
                                             # (None: one core's L2 cache with a core per
                                             # worker, else off; see l2_bytes)
@@ -62,6 +67,10 @@ class ShmConfig:
             self.stage_bytes = (1 << 20) if dedicated else (4 << 20)
         if self.pipeline_bytes is None:  # pieces mean waits: only worth it on dedicated cores
             self.pipeline_bytes = l2_bytes() if dedicated else 0
+        if self.prefault_ring is None:
+            self.prefault_ring = dedicated
+        if self.single_copy is None:  # it reads no staging slot: with the ring prefaulted,
+            self.single_copy = dedicated  # no later call pays for slots it left cold
         return self
 
     def block_bytes(self, world_size: int) -> int:

@@ -156,9 +156,7 @@ def fold_into(out, srcs, ufunc, alias: int, scratch) -> None:
 
 def _scratch(comm, dtype) -> np.ndarray:
     """One cache block of ``dtype`` per communicator, reused."""
-    got = getattr(comm, "_scratch_arrays", None)
-    if got is None:
-        got = comm._scratch_arrays = {}
+    got = comm._scratch_arrays
     dt = np.dtype(dtype)
     if dt not in got:
         got[dt] = np.empty(max(BLOCK_BYTES // dt.itemsize, 1), dt)

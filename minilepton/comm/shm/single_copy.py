@@ -77,7 +77,7 @@ def pull(pid: int, address: int, out: np.ndarray) -> None:
 def available(comm) -> bool:
     """Whether every rank of the group can read every peer (decided once, the same on every
     rank: two exchanges, so call it from a collective every rank makes)."""
-    if getattr(comm, "_single_copy", None) is None:
+    if comm._single_copy is None:
         probe = np.array([comm.rank + 1], np.int64)
         table = comm._exchange([os.getpid(), probe.ctypes.data])
         ok = _READV is not None
@@ -137,7 +137,7 @@ def _blocks(comm, dtype, step: int) -> list:
     """A buffer of ``step`` items per peer for its pulled blocks, made once per group and dtype;
     at this rank's index the group's fold scratch (``fast._scratch``; ``fold_into`` needs one
     when P > 2)."""
-    cache = comm.__dict__.setdefault("_pull_blocks", {})
+    cache = comm._pull_blocks
     dt = np.dtype(dtype)
     if dt not in cache:
         cache[dt] = [_scratch(comm, dt) if q == comm.rank else np.empty(step, dt)
