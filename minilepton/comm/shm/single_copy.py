@@ -19,10 +19,9 @@ and the staged paths run instead.
 Each system call pins the pages it reads, a cost per call that a memcpy does not pay, so below
 ``ShmConfig.single_copy_min_bytes`` (4 MiB) the staged split path wins. Measured at P = 2 on
 2 cores (µs per call, split → single copy): 2 MiB 334 → 399, 4 MiB 647 → 615, 8 MiB 1282 →
-1080, 16 MiB 2556 → 1888. But in a process that had made such calls, the staged calls of
-smaller arrays that followed were slower (1 MiB: 128-134 → 192-373 µs; 1 KiB: 3.1 → 3.6 µs),
-for a reason not found, so the path is off unless asked for (``ShmConfig(single_copy=True)``;
-benchmarks/README.md, "Private arrays read in place").
+1080, 16 MiB 2556 → 1888. On by default when every worker has a core of its own (the staging
+ring is then mapped up front: this path leaves its slots cold, and the smaller calls after it
+once paid for their first touch; benchmarks/README.md, "What made the later calls slower").
 """
 
 from __future__ import annotations
