@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from ..comm.shm import Arena, ShmConfig, world_communicator
+from ..comm.shm.single_copy import let_job_read
 from . import blas, logs, signals, simulate
 from .malloc import keep_freed_memory
 
@@ -38,6 +39,7 @@ class WorkerSpec:
 def worker_main(rank, world_size, fn, args, spec: WorkerSpec, conn, log_queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signals.die_with_parent(signal.SIGKILL, spec.parent_pid)  # no orphaned workers
+    let_job_read(spec.parent_pid)  # the other workers may read this one (single_copy)
     os.environ.update(spec.env)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     comm = None

@@ -12,9 +12,10 @@ only publishes where its array is and the peers pull what they need:
 
 Three waits per call ("inputs ready" with the addresses, "parts reduced", "done reading": no
 rank returns, and lets its caller write, while a peer still reads). The bits are the
-reference's: the same fold, in the same rank order. Where the kernel refuses (a container's
-seccomp filter, Yama's ptrace scope), ``available`` says so once per group, every rank agreeing,
-and the staged paths run instead.
+reference's: the same fold, in the same rank order. Where Yama lets a process read only its
+descendants, each worker declares the launcher its debugger at start-up (``let_job_read``);
+where the kernel still refuses (a container's seccomp filter, a stricter Yama scope),
+``available`` says so once per group, every rank agreeing, and the staged paths run instead.
 
 Each system call pins the pages it reads, a cost per call that a memcpy does not pay, so below
 ``ShmConfig.single_copy_min_bytes`` (4 MiB) the staged split path wins. Measured at P = 2 on
@@ -57,6 +58,20 @@ def _syscall():
 
 
 _READV = _syscall()
+_PR_SET_PTRACER = 0x59616D61  # prctl option of Yama ("Yama" in ASCII)
+
+
+def let_job_read(launcher_pid: int) -> bool:
+    """Declare the launcher this worker's debugger (``PR_SET_PTRACER``), so that where Yama
+    lets a process read only its descendants (``ptrace_scope`` 1, Ubuntu's default) the
+    launcher's descendants, the other workers of the job, may read this one. True if the
+    kernel took it; without Yama it refuses and nothing changes (any process of the same user
+    may read this one already)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    return prctl(_PR_SET_PTRACER, ctypes.c_ulong(launcher_pid), 0, 0, 0) == 0
 
 
 def pull(pid: int, address: int, out: np.ndarray) -> None:
