@@ -165,7 +165,7 @@ class Arena:
                     "MiB left); raise launch(arena_bytes=...) or MINILEPTON_ARENA_BYTES")
             try:
                 if reserve:
-                    os.posix_fallocate(self._fd, top, nbytes)
+                    self.back(top, nbytes)
                 else:
                     fs = os.fstatvfs(self._fd)
                     if fs.f_bavail * fs.f_frsize < nbytes:

@@ -44,20 +44,26 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-def _syscall():
-    """libc's ``process_vm_readv``, or None where there is none (not Linux, old libc)."""
+def _libc(name: str):
+    """The C library's function ``name``, or None where there is none (not Linux, old libc)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.process_vm_readv
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.restype = ctypes.c_ssize_t
-    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
-                   ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _syscall():
+    """libc's ``process_vm_readv`` with its argument types, or None."""
+    fn = _libc("process_vm_readv")
+    if fn is not None:
+        fn.restype = ctypes.c_ssize_t
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
+                       ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
     return fn
 
 
 _READV = _syscall()
+_PRCTL = _libc("prctl")
 _PR_SET_PTRACER = 0x59616D61  # prctl option of Yama ("Yama" in ASCII)
 
 
@@ -67,11 +73,8 @@ def let_job_read(launcher_pid: int) -> bool:
     launcher's descendants, the other workers of the job, may read this one. True if the
     kernel took it; without Yama it refuses and nothing changes (any process of the same user
     may read this one already)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return False
-    return prctl(_PR_SET_PTRACER, ctypes.c_ulong(launcher_pid), 0, 0, 0) == 0
+    return _PRCTL is not None and _PRCTL(_PR_SET_PTRACER, ctypes.c_ulong(launcher_pid),
+                                         0, 0, 0) == 0
 
 
 def pull(pid: int, address: int, out: np.ndarray) -> None:
